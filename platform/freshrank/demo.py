@@ -1,0 +1,442 @@
+"""The demo: the whole loop on a local Ray, from simulated shards to a hot-swapped endpoint.
+
+It starts a local Ray (dashboard and metrics on 127.0.0.1), lands simulated event shards (with a
+few corrupt shards and rows missing fields, to show quarantine), trains incrementally in one
+long-lived Ray Train job, promotes each finished window, serves the champion through Ray Serve
+over HTTP while a client sends real ranking requests, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from freshrank.events.landing import LandingZone
+from freshrank.events.produce import ProducerConfig, ProducerStats, run_producer
+from freshrank.events.simulator import Simulator, SimulatorConfig
+from freshrank.learn.config import TrainConfig
+from freshrank.learn.train import TrainSummary, run_training
+from freshrank.registry.store import Registry
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Options of the demo run (each is also a ``--flag`` of ``freshrank demo``)."""
+
+    workdir: str = ".freshrank/demo"
+    """A fresh run directory (landing/ and registry/) is made under this one."""
+    duration_s: float = 150.0
+    """How long the producer lands events."""
+    events_per_second: float = 2_000.0
+    shard_events: int = 2_000
+    bad_shard_every: int = 10
+    """Land a corrupt shard after every k good ones (0: never)."""
+    null_row_fraction: float = 0.002
+    """Fraction of rows per shard with a required field missing (dropped and counted)."""
+    num_workers: int = 2
+    num_replicas: int = 2
+    request_rate: float = 20.0
+    """Ranking requests per second sent by the demo's HTTP client."""
+    http_port: int = 8000
+    dashboard_port: int = 8265
+    num_cpus: int = 8
+    """Logical CPUs given to the local Ray (more than the cores, so everything can be placed)."""
+    seed: int = 0
+    address: str | None = None
+    """Connect to this Ray cluster instead of starting a local one."""
+
+    def __post_init__(self) -> None:
+        if self.duration_s <= 0:
+            raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
+        if not 0 < self.request_rate <= 500:
+            raise ValueError(f"request_rate must be in (0, 500], got {self.request_rate}")
+        if self.num_workers < 1 or self.num_replicas < 1:
+            raise ValueError("num_workers and num_replicas must be >= 1")
+
+
+@dataclass
+class ClientStats:
+    """What the demo's HTTP client saw."""
+
+    ok: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    first_seen: dict[int, float] = field(default_factory=dict)
+    """Model version -> wall time of the first response it served."""
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def versions_served(self) -> list[int]:
+        """Distinct versions that answered, in version order."""
+        return sorted(self.first_seen)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """The figures the demo prints (and the end-to-end test asserts)."""
+
+    run_dir: str
+    producer: ProducerStats
+    training: TrainSummary
+    client: ClientStats
+    quarantined_shards: int
+    rows_dropped: int
+    champion: int | None
+    landing_to_served_s: list[float]
+    freshness_s: float | None
+    window_auc: list[tuple[int, float | None]]
+    endpoint: str
+    dashboard: str | None
+    elapsed_s: float
+
+
+def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole loop once and return its figures; shuts Ray down when it started it."""
+    import ray
+    from ray import serve
+
+    from freshrank.serving.app import RankingAppConfig, build_ranking_app
+
+    started = time.time()
+    run_dir = Path(config.workdir) / datetime.now(UTC).strftime("run-%Y%m%dT%H%M%SZ")
+    landing_dir, registry_dir = run_dir / "landing", run_dir / "registry"
+    landing_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(registry_dir)
+    out(f"freshrank demo: run directory {run_dir}")
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        out("starting a local Ray (dashboard on 127.0.0.1) ...")
+        init_local_ray(config.num_cpus, config.dashboard_port, address=config.address)
+    dashboard = _dashboard_url()
+    endpoint = f"http://127.0.0.1:{config.http_port}"
+    stop = threading.Event()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
+        producer_cfg = ProducerConfig(
+            landing_path=str(landing_dir),
+            events_per_second=config.events_per_second,
+            shard_events=config.shard_events,
+            duration_s=config.duration_s,
+            simulator=SimulatorConfig(seed=config.seed),
+            bad_shard_every=config.bad_shard_every,
+            null_row_fraction=config.null_row_fraction,
+        )
+        producer_stats: dict[str, ProducerStats] = {}
+        producer = _thread(
+            "producer",
+            lambda: producer_stats.setdefault("final", run_producer(producer_cfg, stop=stop)),
+        )
+        train_cfg = TrainConfig(
+            landing=str(landing_dir.resolve()),
+            registry=str(registry_dir.resolve()),
+            num_workers=config.num_workers,
+            seed=config.seed,
+        )
+        training: dict[str, Any] = {}
+        trainer = _thread(
+            "trainer", lambda: training.setdefault("summary", run_training(train_cfg))
+        )
+
+        _wait_for(
+            lambda: registry.champion_version() is not None or not trainer.is_alive(),
+            timeout_s=config.duration_s + 300,
+            what="the first promoted version",
+            tick=lambda: _status(out, started, landing_dir, registry, None),
+        )
+        if registry.champion_version() is None:
+            raise RuntimeError(f"the trainer stopped before promoting a version: {training}")
+        out(f"serving the champion at {endpoint}/rank ...")
+        serve.run(
+            build_ranking_app(
+                RankingAppConfig(
+                    registry=str(registry_dir.resolve()), num_replicas=config.num_replicas
+                )
+            ),
+            name="ranking",
+            route_prefix="/",
+        )
+        client = ClientStats()
+        client_stop = threading.Event()
+        client_thread = _thread(
+            "client",
+            lambda: run_http_client(
+                endpoint, config.request_rate, client_stop, client, seed=config.seed + 1
+            ),
+        )
+        _wait_for(
+            lambda: not producer.is_alive() and not trainer.is_alive(),
+            timeout_s=config.duration_s + 600,
+            what="the producer and the trainer to finish",
+            tick=lambda: _status(out, started, landing_dir, registry, client),
+        )
+        if "summary" not in training:
+            raise RuntimeError("the trainer failed; see its log above")
+        champion = registry.champion_version()
+        _wait_for(
+            lambda: champion in client.first_seen,
+            timeout_s=60,
+            what=f"version {champion} to be served",
+            tick=lambda: _status(out, started, landing_dir, registry, client),
+        )
+        client_stop.set()
+        client_thread.join(30)
+        result = _summarise(
+            config,
+            run_dir,
+            registry,
+            producer_stats["final"],
+            training["summary"],
+            client,
+            endpoint,
+            dashboard,
+            started,
+        )
+        _print_summary(result, out)
+        return result
+    finally:
+        stop.set()
+        if started_ray:
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+
+
+def init_local_ray(
+    num_cpus: int = 8,
+    dashboard_port: int = 8265,
+    metrics_port: int | None = None,
+    address: str | None = None,
+) -> None:
+    """Start (or connect to) Ray with everything on 127.0.0.1 and Ray Data set for small windows."""
+    import ray
+
+    env = {"RAY_DATA_USE_DATASOURCE_V2": "0"}
+    os.environ.update(env)
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env})
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        _metrics_export_port=metrics_port or free_port(),
+        runtime_env={"env_vars": env},
+        log_to_driver=True,
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_http_client(
+    endpoint: str,
+    rate: float,
+    stop: threading.Event,
+    stats: ClientStats,
+    seed: int = 1,
+    max_requests: int = 1_000_000,
+    max_seconds: float = 3_600.0,
+) -> ClientStats:
+    """Send simulated searches to ``POST /rank`` at ``rate`` per second until ``stop`` (bounded)."""
+    import httpx
+
+    sim = Simulator(SimulatorConfig(seed=seed))
+    deadline = time.monotonic() + max_seconds
+    next_at = time.monotonic()
+    with httpx.Client(base_url=endpoint, timeout=10.0) as http:
+        for _ in range(max_requests):
+            if stop.is_set() or time.monotonic() > deadline:
+                break
+            body = request_from_events(sim.generate(1))
+            t0 = time.perf_counter()
+            try:
+                resp = http.post("/rank", json=body)
+                ok = resp.status_code == 200
+                if ok:
+                    version = int(resp.json()["model_version"])
+                    stats.first_seen.setdefault(version, time.time())
+                    stats.ok += 1
+                    stats.latencies_s.append(time.perf_counter() - t0)
+                else:
+                    stats.failed += 1
+                    stats.errors.append(f"{resp.status_code}: {resp.text[:200]}")
+            except httpx.HTTPError as exc:
+                stats.failed += 1
+                stats.errors.append(f"{type(exc).__name__}: {exc}")
+            next_at += 1.0 / rate
+            stop.wait(max(0.0, next_at - time.monotonic()))
+    return stats
+
+
+def request_from_events(table: Any) -> dict[str, Any]:
+    """A ``/rank`` request body from one simulated search (its shown items as candidates)."""
+    rows = table.to_pylist()
+    first = rows[0]
+    return {
+        "user_id": first["user_id"],
+        "query": first["query"] or "",
+        "device": first["device"],
+        "candidates": [
+            {
+                "item_id": r["item_id"],
+                "category": r["category"],
+                "brand": r["brand"],
+                "price": r["price"],
+            }
+            for r in rows
+        ],
+    }
+
+
+def _thread(name: str, target: Callable[[], Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            target()
+        except Exception as exc:  # surfaced by the waits that follow
+            print(f"[freshrank demo] {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            raise
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_for(
+    condition: Callable[[], bool], timeout_s: float, what: str, tick: Callable[[], None]
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_tick = 0.0
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout_s:.0f} s waiting for {what}")
+        if time.monotonic() - last_tick >= 5.0:
+            tick()
+            last_tick = time.monotonic()
+        time.sleep(0.1)
+
+
+def _status(
+    out: Callable[[str], None],
+    started: float,
+    landing_dir: Path,
+    registry: Registry,
+    client: ClientStats | None,
+) -> None:
+    landing = LandingZone(landing_dir)
+    shards = len(landing.list_shards())
+    latest = registry.latest_version()
+    trained = registry.get(latest).manifest["events_trained"] if latest else 0
+    line = (
+        f"[{time.time() - started:6.1f} s] shards landed {shards:4d}, "
+        f"quarantined {len(landing.quarantined())}, events trained {trained:8d}, "
+        f"latest v{latest or 0}, champion v{registry.champion_version() or 0}"
+    )
+    if client is not None:
+        served = max(client.first_seen) if client.first_seen else 0
+        line += f", served v{served}, requests ok {client.ok} failed {client.failed}"
+    out(line)
+
+
+def _summarise(
+    config: DemoConfig,
+    run_dir: Path,
+    registry: Registry,
+    producer: ProducerStats,
+    training: TrainSummary,
+    client: ClientStats,
+    endpoint: str,
+    dashboard: str | None,
+    started: float,
+) -> DemoResult:
+    manifests = [registry.get(v).manifest for v in registry.list_versions()]
+    served = sorted(client.first_seen.items())
+    latencies = []
+    for m in manifests:
+        # a shard is live once any version that includes its training answers
+        live = [t for v, t in served if v >= m["version"]]
+        if not live:
+            continue
+        first = min(live)
+        latencies.extend(first - landed for landed in m["shard_landed_at"].values())
+    champion = registry.champion_version()
+    watermark = registry.get(champion).manifest["watermark"] if champion else None
+    landing = LandingZone(run_dir / "landing")
+    return DemoResult(
+        run_dir=str(run_dir),
+        producer=producer,
+        training=training,
+        client=client,
+        quarantined_shards=len(landing.quarantined()),
+        rows_dropped=sum(int(m.get("rows_dropped", 0)) for m in manifests),
+        champion=champion,
+        landing_to_served_s=latencies,
+        freshness_s=(time.time() - watermark) if watermark else None,
+        window_auc=[(m["version"], m["metrics"].get("eval_auc")) for m in manifests],
+        endpoint=f"{endpoint}/rank",
+        dashboard=dashboard,
+        elapsed_s=time.time() - started,
+    )
+
+
+def _print_summary(r: DemoResult, out: Callable[[str], None]) -> None:
+    p = r.producer
+    lat = np.array(r.landing_to_served_s) if r.landing_to_served_s else None
+    out("")
+    out("=== freshrank demo summary ===")
+    out(f"run directory            {r.run_dir}")
+    out(
+        f"events produced          {p.events_written} in {p.shards_written} shards "
+        f"(+{p.bad_shards_written} corrupt shards)"
+    )
+    out(f"valid events landed      {p.valid_events}")
+    out(f"events trained           {r.training.events_trained}")
+    out(f"shards quarantined       {r.quarantined_shards}")
+    out(f"rows dropped (missing)   {r.rows_dropped}")
+    out(f"versions trained         {len(r.training.versions)}; champion v{r.champion}")
+    out(f"versions served          {r.client.versions_served}")
+    out(f"requests                 ok {r.client.ok}, failed {r.client.failed}")
+    if r.client.latencies_s:
+        q = np.percentile(np.array(r.client.latencies_s) * 1000, [50, 99])
+        out(f"request latency          p50 {q[0]:.1f} ms, p99 {q[1]:.1f} ms")
+    if lat is not None:
+        q = np.percentile(lat, [50, 99])
+        out(f"shard landed -> served   p50 {q[0]:.1f} s, p99 {q[1]:.1f} s (n={len(lat)})")
+    if r.freshness_s is not None:
+        out(f"freshness at the end     {r.freshness_s:.1f} s (now - served watermark)")
+    aucs = ", ".join(f"v{v}:{a:.3f}" if a is not None else f"v{v}:n/a" for v, a in r.window_auc)
+    out(f"window AUC (prequential) {aucs}")
+    out(f"endpoint                 {r.endpoint}")
+    out(f"dashboard                {r.dashboard or 'not started'}")
+    out(f"elapsed                  {r.elapsed_s:.1f} s")
+
+
+def _dashboard_url() -> str | None:
+    import ray
+
+    try:
+        url = ray.get_runtime_context().dashboard_url  # type: ignore[attr-defined]
+    except Exception:
+        url = None
+    if not url:
+        try:
+            url = ray.worker.get_dashboard_url()
+        except Exception:
+            return None
+    return url if url.startswith("http") else f"http://{url}"

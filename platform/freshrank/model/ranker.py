@@ -1,0 +1,137 @@
+"""The ranker, built from named parts in the manner of DLRM.
+
+Shapes: B = batch rows, F = number of sparse features (5 id features + pooled query = 6),
+D = embedding dim, T = query tokens.
+
+The click logit in training is ``relevance(x) + position_bias[position]``: position bias is
+learned so that relevance is not blamed for the position an item was shown at, and serving
+scores use ``relevance(x)`` alone (``use_position=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from freshrank.features.encode import DENSE_DIM, ID_FEATURES
+from freshrank.model.config import RankerConfig
+
+
+def _mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class SparseArch(nn.Module):
+    """Embeds id features and the query tokens.
+
+    Input: the id keys, each (B,) int64, and ``query`` (B, T) int64 with 0 = padding.
+    Output: (B, F, D) with F = len(ID_FEATURES) + 1 (mean-pooled query tokens last).
+    """
+
+    def __init__(self, config: RankerConfig) -> None:
+        super().__init__()
+        fc, d = config.features, config.embedding_dim
+        self.tables = nn.ModuleDict(
+            {name: nn.Embedding(fc.buckets(name), d) for name in ID_FEATURES}
+        )
+        self.query = nn.EmbeddingBag(fc.query_buckets, d, mode="mean", padding_idx=0)
+        for table in (*self.tables.values(), self.query):
+            nn.init.normal_(table.weight, std=0.05)
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        embedded = [self.tables[name](inputs[name]) for name in ID_FEATURES]
+        embedded.append(self.query(inputs["query"]))
+        return torch.stack(embedded, dim=1)
+
+
+class DenseArch(nn.Module):
+    """MLP over dense features. Input (B, DENSE_DIM) float; output (B, D)."""
+
+    def __init__(self, config: RankerConfig) -> None:
+        super().__init__()
+        self.mlp = _mlp([DENSE_DIM, *config.dense_hidden, config.embedding_dim], True)
+
+    def forward(self, dense: Tensor) -> Tensor:
+        return self.mlp(dense)
+
+
+class InteractionArch(nn.Module):
+    """Pairwise dot products between all F + 1 vectors (sparse and dense), plus the dense vector.
+
+    Input: dense (B, D), sparse (B, F, D). Output: (B, D + (F + 1) * F / 2).
+    """
+
+    def __init__(self, num_sparse: int) -> None:
+        super().__init__()
+        n = num_sparse + 1
+        rows, cols = torch.triu_indices(n, n, offset=1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    @staticmethod
+    def output_dim(num_sparse: int, embedding_dim: int) -> int:
+        """Width of the output for F sparse features of dim D."""
+        n = num_sparse + 1
+        return embedding_dim + n * (n - 1) // 2
+
+    def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
+        stacked = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, F+1, D)
+        gram = torch.bmm(stacked, stacked.transpose(1, 2))  # (B, F+1, F+1)
+        return torch.cat([dense, gram[:, self.rows, self.cols]], dim=1)
+
+
+class OverArch(nn.Module):
+    """MLP from the interaction output to one relevance logit. Input (B, I); output (B,)."""
+
+    def __init__(self, in_dim: int, config: RankerConfig) -> None:
+        super().__init__()
+        self.mlp = _mlp([in_dim, *config.over_hidden, 1], False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(x).squeeze(-1)
+
+
+class PositionBias(nn.Module):
+    """A learned additive logit per display position. Input (B,) int64; output (B,)."""
+
+    def __init__(self, max_position: int) -> None:
+        super().__init__()
+        self.bias = nn.Embedding(max_position, 1)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, position: Tensor) -> Tensor:
+        return self.bias(position).squeeze(-1)
+
+
+class Ranker(nn.Module):
+    """Click model: relevance from sparse + dense parts, plus position bias in training."""
+
+    def __init__(self, config: RankerConfig) -> None:
+        super().__init__()
+        self.config = config
+        num_sparse = len(ID_FEATURES) + 1
+        self.sparse = SparseArch(config)
+        self.dense = DenseArch(config)
+        self.interaction = InteractionArch(num_sparse)
+        self.over = OverArch(InteractionArch.output_dim(num_sparse, config.embedding_dim), config)
+        self.position = PositionBias(config.features.max_position)
+
+    def relevance(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """Relevance logits (B,), independent of display position: what serving ranks by."""
+        sparse = self.sparse(inputs)
+        dense = self.dense(inputs["dense"])
+        return self.over(self.interaction(dense, sparse))
+
+    def forward(self, inputs: Mapping[str, Tensor], use_position: bool = True) -> Tensor:
+        """Click logits (B,); with ``use_position=False`` the relevance logits alone."""
+        logits = self.relevance(inputs)
+        if use_position:
+            logits = logits + self.position(inputs["position"])
+        return logits

@@ -1,0 +1,132 @@
+"""What a training checkpoint holds, and how trainer and server load it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from freshrank.model.config import RankerConfig
+from freshrank.model.ranker import Ranker
+from freshrank.registry.store import Registry, VersionInfo, npz_bytes, torch_bytes
+
+MODEL_FILE = "model.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+REPLAY_FILE = "replay.npz"
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """Everything the trainer needs to continue where a version left off."""
+
+    version: int
+    model_config: RankerConfig
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None
+    replay_state: dict[str, np.ndarray]
+    cursor: int
+    watermark: float | None
+    events_trained: int
+    manifest: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A loaded, eval-mode model and what serving reports about it."""
+
+    version: int
+    model: Ranker
+    watermark: float | None
+    manifest: dict[str, Any] = field(repr=False)
+
+
+def save_checkpoint(
+    registry: Registry,
+    model_config: RankerConfig,
+    model_state: Mapping[str, torch.Tensor],
+    optimizer_state: Mapping[str, Any] | None,
+    replay_state: Mapping[str, np.ndarray],
+    manifest: Mapping[str, Any],
+) -> VersionInfo:
+    """Publish one checkpoint version. ``manifest`` must carry cursor, watermark and metrics."""
+    for key in ("cursor", "watermark", "metrics", "events_trained"):
+        if key not in manifest:
+            raise ValueError(f"checkpoint manifest needs {key!r}")
+    files = {MODEL_FILE: torch_bytes({k: v.detach().cpu() for k, v in model_state.items()})}
+    if optimizer_state is not None:
+        files[OPTIMIZER_FILE] = torch_bytes(optimizer_state)
+    files[REPLAY_FILE] = npz_bytes(replay_state)
+    full = dict(manifest)
+    full["model_config"] = model_config.to_dict()
+    full.setdefault("parent", registry.latest_version())
+    return registry.publish(files, full)
+
+
+def load_latest_or_init(registry: Registry) -> TrainingState | None:
+    """The newest verified version's training state, or None on a first run.
+
+    A newest version that fails verification is skipped (with the next older one used), so a
+    torn or corrupted write never stops the trainer.
+    """
+    for version in reversed(registry.list_versions()):
+        try:
+            info = registry.verify(version)
+        except Exception:
+            continue
+        m = info.manifest
+        opt = registry.load_torch(info, OPTIMIZER_FILE) if OPTIMIZER_FILE in m["files"] else None
+        return TrainingState(
+            version=version,
+            model_config=RankerConfig.from_dict(m["model_config"]),
+            model_state=registry.load_torch(info, MODEL_FILE),
+            optimizer_state=opt,
+            replay_state=registry.load_npz(info, REPLAY_FILE),
+            cursor=int(m["cursor"]),
+            watermark=m.get("watermark"),
+            events_trained=int(m.get("events_trained", 0)),
+            manifest=m,
+        )
+    return None
+
+
+def load_serving_model(registry: Registry, version: int) -> ServingModel:
+    """Verify and load ``version`` for serving (weights only; raises ``CorruptVersion``)."""
+    info = registry.verify(version)
+    config = RankerConfig.from_dict(info.manifest["model_config"])
+    model = Ranker(config)
+    model.load_state_dict(registry.load_torch(info, MODEL_FILE))
+    model.eval()
+    return ServingModel(version, model, info.manifest.get("watermark"), info.manifest)
+
+
+def metrics_are_finite(metrics: Mapping[str, Any]) -> bool:
+    """True when every numeric metric is finite (NaN or inf means the window went wrong).
+
+    >>> metrics_are_finite({"auc": 0.7, "logloss": 0.4})
+    True
+    >>> metrics_are_finite({"auc": float("nan")})
+    False
+    """
+    for value in metrics.values():
+        if isinstance(value, int | float) and not math.isfinite(float(value)):
+            return False
+    return True
+
+
+def promote_if_finite(registry: Registry, info: VersionInfo) -> bool:
+    """Make ``info`` champion when its window metrics are finite; log a rejection otherwise."""
+    metrics = info.manifest.get("metrics", {})
+    if metrics_are_finite(metrics) and "loss" in metrics:
+        registry.set_champion(info.version, reason="window metrics finite")
+        return True
+    registry.log_event(
+        "rejected",
+        to_version=info.version,
+        from_version=registry.champion_version(),
+        reason=f"non-finite or missing window metrics: {metrics}",
+    )
+    return False

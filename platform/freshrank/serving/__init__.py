@@ -1,0 +1,21 @@
+"""Serving: request models, scoring through the shared encoder, hot-swap holder, Serve app."""
+
+from freshrank.serving.api import Candidate, ModelStatus, RankRequest, RankResponse, ScoredItem
+from freshrank.serving.app import RankingAppConfig, build_ranking_app
+from freshrank.serving.holder import Loaded, ModelHolder
+from freshrank.serving.scoring import rank_request, score_candidates, warm_up
+
+__all__ = [
+    "Candidate",
+    "Loaded",
+    "ModelHolder",
+    "ModelStatus",
+    "RankRequest",
+    "RankResponse",
+    "RankingAppConfig",
+    "ScoredItem",
+    "build_ranking_app",
+    "rank_request",
+    "score_candidates",
+    "warm_up",
+]
