@@ -108,13 +108,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import ray
 
-    from freshrank.demo import init_local_ray
     from freshrank.learn.config import TrainConfig
     from freshrank.learn.train import run_training
+    from freshrank.runtime import init_ray
 
     config = dataclass_from_args(TrainConfig, args)
     if not ray.is_initialized():
-        init_local_ray(address=args.address)
+        init_ray(address=args.address)
     summary = run_training(config)
     print(json.dumps(dataclasses.asdict(summary), indent=2, default=str))
     return 0

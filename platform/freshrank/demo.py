@@ -8,8 +8,6 @@ over HTTP while a client sends real ranking requests, and prints a summary.
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import threading
 import time
@@ -27,6 +25,7 @@ from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import TrainSummary, run_training
 from freshrank.registry.store import Registry
+from freshrank.runtime import init_ray
 
 
 @dataclass(frozen=True)
@@ -117,12 +116,48 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResu
     started_ray = not ray.is_initialized()
     if started_ray:
         out("starting a local Ray (dashboard on 127.0.0.1) ...")
-        init_local_ray(config.num_cpus, config.dashboard_port, address=config.address)
-    dashboard = _dashboard_url()
+        info = init_ray(config.address, config.num_cpus, config.dashboard_port)
+        dashboard = info.dashboard_url
+    else:
+        dashboard = None
     endpoint = f"http://127.0.0.1:{config.http_port}"
     stop = threading.Event()
+    client_stop = threading.Event()
     try:
+        # 1. The endpoint first: replicas answer 503 until a version is promoted.
+        out(f"starting the ranking endpoint at {endpoint}/rank ...")
         serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
+        serve.run(
+            build_ranking_app(
+                RankingAppConfig(
+                    registry=str(registry_dir.resolve()), num_replicas=config.num_replicas
+                )
+            ),
+            name="ranking",
+            route_prefix="/",
+        )
+        # 2. The long-lived trainer; events start landing once it is ready to consume them.
+        out(f"starting the trainer ({config.num_workers} Ray Train workers) ...")
+        train_cfg = TrainConfig(
+            landing=str(landing_dir.resolve()),
+            registry=str(registry_dir.resolve()),
+            num_workers=config.num_workers,
+            seed=config.seed,
+        )
+        training: dict[str, Any] = {}
+        trainer = _thread(
+            "trainer", lambda: training.setdefault("summary", run_training(train_cfg))
+        )
+        _wait_for(
+            lambda: registry.trainer_status() is not None or not trainer.is_alive(),
+            timeout_s=600,
+            what="the trainer to start",
+            tick=lambda: out(f"[{time.time() - started:6.1f} s] waiting for the trainer ..."),
+        )
+        if not trainer.is_alive():
+            raise RuntimeError("the trainer failed to start; see its log above")
+        # 3. Events land at a steady rate for duration_s.
+        out(f"landing events for {config.duration_s:.0f} s at {config.events_per_second:.0f}/s ...")
         producer_cfg = ProducerConfig(
             landing_path=str(landing_dir),
             events_per_second=config.events_per_second,
@@ -137,37 +172,14 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResu
             "producer",
             lambda: producer_stats.setdefault("final", run_producer(producer_cfg, stop=stop)),
         )
-        train_cfg = TrainConfig(
-            landing=str(landing_dir.resolve()),
-            registry=str(registry_dir.resolve()),
-            num_workers=config.num_workers,
-            seed=config.seed,
-        )
-        training: dict[str, Any] = {}
-        trainer = _thread(
-            "trainer", lambda: training.setdefault("summary", run_training(train_cfg))
-        )
-
+        # 4. Real HTTP traffic once the first version is live.
+        client = ClientStats()
         _wait_for(
-            lambda: registry.champion_version() is not None or not trainer.is_alive(),
+            lambda: _served_version(endpoint) is not None or not trainer.is_alive(),
             timeout_s=config.duration_s + 300,
-            what="the first promoted version",
+            what="the first promoted version to be served",
             tick=lambda: _status(out, started, landing_dir, registry, None),
         )
-        if registry.champion_version() is None:
-            raise RuntimeError(f"the trainer stopped before promoting a version: {training}")
-        out(f"serving the champion at {endpoint}/rank ...")
-        serve.run(
-            build_ranking_app(
-                RankingAppConfig(
-                    registry=str(registry_dir.resolve()), num_replicas=config.num_replicas
-                )
-            ),
-            name="ranking",
-            route_prefix="/",
-        )
-        client = ClientStats()
-        client_stop = threading.Event()
         client_thread = _thread(
             "client",
             lambda: run_http_client(
@@ -180,8 +192,8 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResu
             what="the producer and the trainer to finish",
             tick=lambda: _status(out, started, landing_dir, registry, client),
         )
-        if "summary" not in training:
-            raise RuntimeError("the trainer failed; see its log above")
+        if "summary" not in training or "final" not in producer_stats:
+            raise RuntimeError("the trainer or the producer failed; see the log above")
         champion = registry.champion_version()
         _wait_for(
             lambda: champion in client.first_seen,
@@ -206,43 +218,12 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResu
         return result
     finally:
         stop.set()
-        if started_ray:
-            try:
-                serve.shutdown()
-            finally:
+        client_stop.set()
+        try:
+            serve.shutdown()
+        finally:
+            if started_ray:
                 ray.shutdown()
-
-
-def init_local_ray(
-    num_cpus: int = 8,
-    dashboard_port: int = 8265,
-    metrics_port: int | None = None,
-    address: str | None = None,
-) -> None:
-    """Start (or connect to) Ray with everything on 127.0.0.1 and Ray Data set for small windows."""
-    import ray
-
-    env = {"RAY_DATA_USE_DATASOURCE_V2": "0"}
-    os.environ.update(env)
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env})
-        return
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        _metrics_export_port=metrics_port or free_port(),
-        runtime_env={"env_vars": env},
-        log_to_driver=True,
-    )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_http_client(
@@ -303,6 +284,17 @@ def request_from_events(table: Any) -> dict[str, Any]:
             for r in rows
         ],
     }
+
+
+def _served_version(endpoint: str) -> int | None:
+    """The version ``GET /healthz`` reports, None when none is loaded or it does not answer."""
+    import httpx
+
+    try:
+        version = httpx.get(f"{endpoint}/healthz", timeout=2.0).json().get("model_version")
+    except (httpx.HTTPError, ValueError):
+        return None
+    return int(version) if version is not None else None
 
 
 def _thread(name: str, target: Callable[[], Any]) -> threading.Thread:
@@ -425,18 +417,3 @@ def _print_summary(r: DemoResult, out: Callable[[str], None]) -> None:
     out(f"endpoint                 {r.endpoint}")
     out(f"dashboard                {r.dashboard or 'not started'}")
     out(f"elapsed                  {r.elapsed_s:.1f} s")
-
-
-def _dashboard_url() -> str | None:
-    import ray
-
-    try:
-        url = ray.get_runtime_context().dashboard_url  # type: ignore[attr-defined]
-    except Exception:
-        url = None
-    if not url:
-        try:
-            url = ray.worker.get_dashboard_url()
-        except Exception:
-            return None
-    return url if url.startswith("http") else f"http://{url}"

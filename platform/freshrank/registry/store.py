@@ -170,6 +170,18 @@ class Registry:
         with open(self.root / "promotions.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
+    def write_trainer_status(self, status: Mapping[str, Any]) -> None:
+        """Record what the trainer is doing (``TRAINER``: state, version, cursor, time)."""
+        record = {**status, "at": time.time(), "pid": os.getpid()}
+        atomic_write_bytes(self.root / "TRAINER", json.dumps(record).encode())
+
+    def trainer_status(self) -> dict[str, Any] | None:
+        """The trainer's last recorded status, or None when no trainer has run here."""
+        try:
+            return json.loads((self.root / "TRAINER").read_text())
+        except FileNotFoundError:
+            return None
+
     # ----- reading ---------------------------------------------------------------------------
     def list_versions(self) -> list[int]:
         """Published version numbers, ascending."""

@@ -8,12 +8,16 @@ model version in the body and in the ``X-Model-Version`` header. Bad requests ge
 body says what is wrong; before any model is loaded ``/rank`` answers 503 with Retry-After.
 """
 
-from __future__ import annotations
-
 import time
 from typing import Any
 
+from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field
+
+# No `from __future__ import annotations` here: the deployment class is made inside a function
+# and shipped to replicas by value (cloudpickle), which keeps evaluated annotations but not the
+# module globals that string annotations would need; FastAPI then could not see the body model.
+from freshrank.serving.api import ModelStatus, RankRequest, RankResponse
 
 
 class RankingAppConfig(BaseModel):
@@ -67,14 +71,12 @@ def _create_app() -> Any:
 
 def build_ranking_app(config: RankingAppConfig) -> Any:
     """A Serve application of ``config.num_replicas`` ranking replicas."""
-    from fastapi import Response
     from fastapi.responses import JSONResponse
     from ray import serve
 
     from freshrank.monitor.metrics import default_metrics
     from freshrank.registry.checkpoint import load_serving_model
     from freshrank.registry.store import Registry
-    from freshrank.serving.api import ModelStatus, RankRequest, RankResponse
     from freshrank.serving.holder import Loaded, ModelHolder
     from freshrank.serving.scoring import rank_request, warm_up
 

@@ -1,0 +1,162 @@
+"""The Serve ranking app on the session's local Ray: answers, refuses bad input, hot-swaps."""
+
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from freshrank.model.config import RankerConfig
+from freshrank.model.ranker import Ranker
+from freshrank.registry import Registry, save_checkpoint
+from freshrank.runtime import free_port
+from freshrank.serving.app import RankingAppConfig, build_ranking_app
+
+pytestmark = pytest.mark.integration
+
+BODY = {
+    "user_id": "u1",
+    "query": "red shoes",
+    "candidates": [{"item_id": f"i{i}", "category": "c1", "price": 10.0 + i} for i in range(30)],
+}
+
+
+def _publish(reg: Registry, cursor: int, seed: int) -> int:
+    torch.manual_seed(seed)
+    cfg = RankerConfig()
+    model = Ranker(cfg)
+    info = save_checkpoint(
+        reg,
+        cfg,
+        model.state_dict(),
+        None,
+        {},
+        {
+            "cursor": cursor,
+            "watermark": time.time() - 5,
+            "metrics": {"loss": 0.5},
+            "events_trained": cursor,
+        },
+    )
+    return info.version
+
+
+def _until(cond, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def ranking(ray_local, tmp_path_factory):
+    from ray import serve
+
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(
+        build_ranking_app(
+            RankingAppConfig(registry=str(reg.root), num_replicas=2, poll_interval_s=0.1)
+        ),
+        name="ranking",
+        route_prefix="/",
+    )
+    try:
+        yield reg, f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def test_no_model_yet_is_503_with_retry_after(ranking):
+    reg, url = ranking
+    if reg.champion_version() is not None:
+        pytest.skip("a model was promoted by an earlier test")
+    r = httpx.post(f"{url}/rank", json=BODY, timeout=10)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert httpx.get(f"{url}/healthz", timeout=10).json()["model_version"] is None
+
+
+def test_ranks_and_names_the_version(ranking):
+    reg, url = ranking
+    v = _publish(reg, 1, seed=1)
+    reg.set_champion(v)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        _until(lambda: http.post("/rank", json=BODY).status_code == 200, what="first model")
+        r = http.post("/rank", json=BODY)
+        body = r.json()
+        assert r.headers["x-model-version"] == str(body["model_version"]) == str(v)
+        assert sorted(i["item_id"] for i in body["ranked"]) == sorted(
+            c["item_id"] for c in BODY["candidates"]
+        )
+        scores = [i["score"] for i in body["ranked"]]
+        assert scores == sorted(scores, reverse=True)
+        assert http.get("/model").json()["model_version"] == v
+
+
+@pytest.mark.parametrize(
+    "payload, status, needle",
+    [
+        ({"user_id": "u1", "candidates": []}, 422, "candidates"),
+        ({"candidates": [{"item_id": "a"}]}, 422, "user_id"),
+        ({"user_id": "u", "candidates": [{"item_id": "a", "price": "cheap"}]}, 422, "price"),
+        ({"user_id": "u", "candidates": [{"item_id": "a"}], "extra": 1}, 422, "extra"),
+    ],
+)
+def test_malformed_requests_get_4xx_saying_what(ranking, payload, status, needle):
+    _reg, url = ranking
+    r = httpx.post(f"{url}/rank", json=payload, timeout=10)
+    assert r.status_code == status
+    assert needle in " ".join(r.json()["problems"])
+
+
+def test_not_json_is_4xx(ranking):
+    _reg, url = ranking
+    r = httpx.post(
+        f"{url}/rank",
+        content=b"{not json",
+        timeout=10,
+        headers={"content-type": "application/json"},
+    )
+    assert 400 <= r.status_code < 500
+
+
+def test_swap_under_load_drops_nothing_and_both_replicas_converge(ranking):
+    reg, url = ranking
+    if reg.champion_version() is None:
+        reg.set_champion(_publish(reg, 1, seed=1))
+    stop = threading.Event()
+    seen, failures = [], []
+
+    def load():
+        with httpx.Client(base_url=url, timeout=10) as http:
+            for _ in range(5000):  # bounded
+                if stop.is_set():
+                    break
+                r = http.post("/rank", json=BODY)
+                if r.status_code == 200:
+                    seen.append(r.json()["model_version"])
+                else:
+                    failures.append(r.status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        new = []
+        for i in range(3):
+            v = _publish(reg, 10 + i, seed=10 + i)
+            reg.set_champion(v)
+            new.append(v)
+            _until(lambda v=v: v in seen[-20:], what=f"version {v} served")
+        # every replica ends on the last version: the next 20 responses all name it
+        mark = len(seen)
+        _until(lambda: len(seen) >= mark + 20, what="more responses")
+        assert set(seen[mark + 10 : mark + 20]) == {new[-1]}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert failures == []
+    assert set(new) <= set(seen)
