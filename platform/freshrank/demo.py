@@ -25,7 +25,7 @@ from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import TrainSummary, run_training
 from freshrank.registry.store import Registry
-from freshrank.runtime import init_ray
+from freshrank.runtime import current_metrics_url, init_ray, scrape_freshrank_metrics
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ class DemoResult:
     landing_to_served_s: list[float]
     freshness_s: float | None
     window_auc: list[tuple[int, float | None]]
+    metrics_seen: dict[str, float]
+    """Last value of each ``freshrank_`` series read back from Ray's Prometheus endpoint."""
+    metrics_url: str | None
     endpoint: str
     dashboard: str | None
     elapsed_s: float
@@ -120,6 +123,14 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResu
         dashboard = info.dashboard_url
     else:
         dashboard = None
+    metrics_url = current_metrics_url()
+    metrics_seen: dict[str, float] = {}
+
+    def status(client: ClientStats | None) -> None:
+        _status(out, started, landing_dir, registry, client)
+        if metrics_url:  # keep what Prometheus would scrape while the processes are alive
+            metrics_seen.update(scrape_freshrank_metrics(metrics_url))
+
     endpoint = f"http://127.0.0.1:{config.http_port}"
     stop = threading.Event()
     client_stop = threading.Event()
@@ -178,7 +189,7 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResu
             lambda: _served_version(endpoint) is not None or not trainer.is_alive(),
             timeout_s=config.duration_s + 300,
             what="the first promoted version to be served",
-            tick=lambda: _status(out, started, landing_dir, registry, None),
+            tick=lambda: status(None),
         )
         client_thread = _thread(
             "client",
@@ -190,7 +201,7 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResu
             lambda: not producer.is_alive() and not trainer.is_alive(),
             timeout_s=config.duration_s + 600,
             what="the producer and the trainer to finish",
-            tick=lambda: _status(out, started, landing_dir, registry, client),
+            tick=lambda: status(client),
         )
         if "summary" not in training or "final" not in producer_stats:
             raise RuntimeError("the trainer or the producer failed; see the log above")
@@ -199,12 +210,12 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResu
             lambda: champion in client.first_seen,
             timeout_s=60,
             what=f"version {champion} to be served",
-            tick=lambda: _status(out, started, landing_dir, registry, client),
+            tick=lambda: status(client),
         )
         client_stop.set()
         client_thread.join(30)
+        status(client)
         result = _summarise(
-            config,
             run_dir,
             registry,
             producer_stats["final"],
@@ -213,6 +224,8 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResu
             endpoint,
             dashboard,
             started,
+            metrics_seen,
+            metrics_url,
         )
         _print_summary(result, out)
         return result
@@ -347,7 +360,6 @@ def _status(
 
 
 def _summarise(
-    config: DemoConfig,
     run_dir: Path,
     registry: Registry,
     producer: ProducerStats,
@@ -356,6 +368,8 @@ def _summarise(
     endpoint: str,
     dashboard: str | None,
     started: float,
+    metrics_seen: dict[str, float],
+    metrics_url: str | None,
 ) -> DemoResult:
     manifests = [registry.get(v).manifest for v in registry.list_versions()]
     served = sorted(client.first_seen.items())
@@ -381,6 +395,8 @@ def _summarise(
         landing_to_served_s=latencies,
         freshness_s=(time.time() - watermark) if watermark else None,
         window_auc=[(m["version"], m["metrics"].get("eval_auc")) for m in manifests],
+        metrics_seen=dict(metrics_seen),
+        metrics_url=metrics_url,
         endpoint=f"{endpoint}/rank",
         dashboard=dashboard,
         elapsed_s=time.time() - started,
@@ -414,6 +430,13 @@ def _print_summary(r: DemoResult, out: Callable[[str], None]) -> None:
         out(f"freshness at the end     {r.freshness_s:.1f} s (now - served watermark)")
     aucs = ", ".join(f"v{v}:{a:.3f}" if a is not None else f"v{v}:n/a" for v, a in r.window_auc)
     out(f"window AUC (prequential) {aucs}")
+    shown = ("events_trained_total", "window_auc", "served_model_version", "freshness_seconds")
+    seen = [
+        f"{k}={r.metrics_seen['freshrank_' + k]:.4g}"
+        for k in shown
+        if "freshrank_" + k in r.metrics_seen
+    ]
+    out(f"metrics (Prometheus)     {', '.join(seen) or 'none read'} from {r.metrics_url}")
     out(f"endpoint                 {r.endpoint}")
     out(f"dashboard                {r.dashboard or 'not started'}")
     out(f"elapsed                  {r.elapsed_s:.1f} s")

@@ -41,3 +41,11 @@ def test_whole_loop_trains_every_valid_event_and_swaps_without_failures(ray_loca
     assert result.champion == max(result.client.versions_served)
     assert result.landing_to_served_s and min(result.landing_to_served_s) > 0
     assert any("demo summary" in line for line in lines)
+    # Read back from Ray's Prometheus endpoint while the loop ran.
+    m = result.metrics_seen
+    assert m["freshrank_events_trained_total"] > 0
+    assert 0.0 < m["freshrank_window_auc"] < 1.0
+    assert 1 <= m["freshrank_served_model_version"] <= result.champion
+    assert m["freshrank_trainer_model_version"] >= 1
+    assert 0.0 < m["freshrank_freshness_seconds"] < 600
+    assert m["freshrank_requests_total"] >= 1
