@@ -135,6 +135,11 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
             started = time.perf_counter()
             loaded = self._holder.current()  # the model this request finishes on
             if loaded is None:
+                # A champion may exist that this replica's loader thread has not picked up yet:
+                # load it now rather than fail the request (503 only when there is none).
+                self._holder.refresh()
+                loaded = self._holder.current()
+            if loaded is None:
                 self.count("unavailable")
                 return JSONResponse(
                     status_code=503,
