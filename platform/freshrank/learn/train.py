@@ -13,10 +13,13 @@ or job resumes exactly after the last checkpointed window.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,7 @@ from freshrank.events.landing import LandingZone
 from freshrank.events.schema import drop_invalid_rows, empty_events
 from freshrank.features.encode import FeatureConfig, concat_inputs, encode, num_rows, slice_inputs
 from freshrank.learn.config import TrainConfig
+from freshrank.learn.control import FencedOut, TrainerControl
 from freshrank.learn.evaluation import log_loss, roc_auc
 from freshrank.learn.feed import ShardFeed, ShardPlan, Window
 from freshrank.learn.replay import ReservoirBuffer
@@ -62,6 +66,8 @@ def run_training(config: TrainConfig) -> TrainSummary:
     started = time.time()
     registry = Registry(config.registry)
     before = set(registry.list_versions())
+    control = TrainerControl(config.registry)
+    control.clear_stop()
     storage = config.storage_path or os.path.abspath(os.path.join(config.registry, "_ray_train"))
     trainer = TorchTrainer(
         _train_loop,
@@ -74,7 +80,8 @@ def run_training(config: TrainConfig) -> TrainSummary:
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
     )
-    trainer.fit()
+    with _stop_on_signals(control):
+        trainer.fit()
     new = [v for v in registry.list_versions() if v not in before]
     manifests = [registry.get(v).manifest for v in new]
     latest = registry.latest_version()
@@ -88,6 +95,26 @@ def run_training(config: TrainConfig) -> TrainSummary:
         ),
         elapsed_s=time.time() - started,
     )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(control: TrainerControl) -> Iterator[None]:
+    """While training, SIGTERM/SIGINT (``ray job stop``, Ctrl-C) ask the trainer to finish the
+    window it is on, checkpoint it and return, instead of killing it mid-window."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        print(f"[freshrank trainer] signal {signum}: stopping after this window", flush=True)
+        control.request_stop(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +157,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     )
     metrics = default_metrics() if rank == 0 else NullMetrics()
     progress = _Progress.from_state(state)
+    control = TrainerControl(config.registry)
+    epoch = control.claim() if rank == 0 else ""
+    fenced = False
     _warm_up_reader(model_config.features, registry, rank)
     _all_gather(None)  # every rank is ready
     if rank == 0:
@@ -139,7 +169,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     rng = np.random.default_rng(config.seed * 104729 + rank + progress.windows)
 
     while True:
-        window = _next_window(feed, landing, config, progress, metrics) if rank == 0 else None
+        window = None
+        if rank == 0 and not fenced:
+            window = _next_window(feed, landing, config, progress, metrics, control)
         window = _broadcast(window)
         if window is None:
             break
@@ -148,11 +180,19 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         )
         replay_parts = _all_gather(buffer.state_dict())
         if rank == 0:
-            _checkpoint_window(registry, window, report, core, optimizer, replay_parts, progress)
-            feed.commit(window)
-            _export_window_metrics(metrics, window, report, progress)
+            try:
+                control.check(epoch)
+            except FencedOut as exc:  # a newer trainer owns the registry: publish nothing more
+                print(f"[freshrank trainer] {exc}", flush=True)
+                fenced = True
+            else:
+                _checkpoint_window(
+                    registry, window, report, core, optimizer, replay_parts, progress
+                )
+                feed.commit(window)
+                _export_window_metrics(metrics, window, report, progress)
         ray.train.report({"window": progress.windows, **report.metrics})
-    if rank == 0:
+    if rank == 0 and not fenced:
         registry.write_trainer_status(
             {"state": "stopped", "version": progress.version, "cursor": feed.cursor}
         )
@@ -190,10 +230,13 @@ def _next_window(
     config: TrainConfig,
     progress: _Progress,
     metrics: Any,
+    control: TrainerControl,
 ) -> Window | None:
     """Rank 0: block until a window with valid rows is ready, or return None to stop."""
     idle_since = time.monotonic()
     while True:
+        if control.stop_requested():
+            return None
         if config.max_windows is not None and progress.windows >= config.max_windows:
             return None
         done = config.stop_when_producer_done and landing.is_done()
@@ -249,12 +292,13 @@ def _train_window(
     model.train()
     steps = math.ceil(max(counts) / config.batch_size)
     order = rng.permutation(n_local)
-    loss_total, rows_total = 0.0, 0
+    loss_total, rows_total, compute_s = 0.0, 0, 0.0
     for step in range(steps):
         new = slice_inputs(rows, order[step * config.batch_size : (step + 1) * config.batch_size])
         k = int(round(num_rows(new) * config.replay_ratio)) if len(buffer) else 0
         batch = concat_inputs([new, buffer.sample(k)]) if k else new
         tensors = to_tensors(batch, device)
+        c0 = time.perf_counter()
         out = model(tensors)
         loss_sum = F.binary_cross_entropy_with_logits(out, tensors["label"], reduction="sum")
         n_global = _all_reduce_sum(float(num_rows(batch)), device)
@@ -263,6 +307,7 @@ def _train_window(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        compute_s += time.perf_counter() - c0
         loss_total += float(loss_sum.detach())
         rows_total += num_rows(batch)
     loss_global = _all_reduce_sum(loss_total, device) / max(_all_reduce_sum(rows_total, device), 1)
@@ -281,6 +326,7 @@ def _train_window(
             "read_s": t_read - t0,
             "eval_s": t_eval - t_read,
             "train_s": t_train - t_eval,
+            "compute_s": compute_s,  # forward + backward + optimizer step (incl. all-reduce)
         },
     )
 
