@@ -102,8 +102,12 @@ class DemoResult:
     elapsed_s: float
 
 
-def run_demo(config: DemoConfig, out: Callable[[str], None] = print) -> DemoResult:
-    """Run the whole loop once and return its figures; shuts Ray down when it started it."""
+def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> DemoResult:
+    """Run the whole loop once and return its figures; shuts Ray down when it started it.
+
+    ``out`` receives the progress and summary lines (default: printed and flushed at once).
+    """
+    out = out or _say
     import ray
     from ray import serve
 
@@ -299,6 +303,10 @@ def request_from_events(table: Any) -> dict[str, Any]:
     }
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 def _served_version(endpoint: str) -> int | None:
     """The version ``GET /healthz`` reports, None when none is loaded or it does not answer."""
     import httpx
@@ -324,7 +332,11 @@ def _thread(name: str, target: Callable[[], Any]) -> threading.Thread:
 
 
 def _wait_for(
-    condition: Callable[[], bool], timeout_s: float, what: str, tick: Callable[[], None]
+    condition: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    tick: Callable[[], None],
+    poll_s: float = 0.5,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     last_tick = 0.0
@@ -334,7 +346,7 @@ def _wait_for(
         if time.monotonic() - last_tick >= 5.0:
             tick()
             last_tick = time.monotonic()
-        time.sleep(0.1)
+        time.sleep(poll_s)
 
 
 def _status(

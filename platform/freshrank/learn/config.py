@@ -30,7 +30,8 @@ class TrainConfig:
     """Rows each worker keeps in its reservoir replay buffer (0 disables replay)."""
     replay_ratio: float = 0.5
     """Replay rows mixed into each step, as a fraction of its new rows."""
-    max_shards_per_window: int = 4
+    max_shards_per_window: int = 16
+    """Most shards in one window: a backlog is caught up in bigger windows (fewer fixed costs)."""
     poll_interval_s: float = 0.2
     gap_timeout_s: float = 10.0
     idle_timeout_s: float | None = None

@@ -430,11 +430,13 @@ def _warm_up_reader(features: FeatureConfig, registry: Registry, rank: int) -> N
     """
     import pyarrow.parquet as pq
 
-    from freshrank.events.schema import FILE_SCHEMA
+    from freshrank.features.encode import candidates_table
 
+    # One row (an empty file would plan no read task and start nothing); it has no event id,
+    # so the read drops it like any row missing a required field.
     path = registry.root / "_warmup" / f"rank{rank}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(FILE_SCHEMA.empty_table(), path)
+    pq.write_table(candidates_table("warmup", "warm up", [{"item_id": "w"}]), path)
     _read_shards([str(path)], features)
 
 
