@@ -1,14 +1,30 @@
-"""The ``freshrank`` command: ``demo``, ``simulate``, ``train``, ``registry``."""
+"""The ``freshrank`` command: ``demo``, ``simulate``, ``train``, ``registry``.
+
+Every option of ``demo``, ``simulate`` and ``train`` comes from a field of a typed config
+dataclass; its ``--help`` text is the field's attribute docstring (the string literal right under
+the field), read from the source with ``ast``. ``simulate`` and ``train`` stop cleanly on SIGTERM
+and SIGINT (what ``ray job stop`` and Ctrl-C send): the producer finishes the shard it is on,
+marks the landing zone done and prints its stats; the trainer checkpoints the window it is on.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import dataclasses
+import functools
+import inspect
+import itertools
 import json
-import sys
+import os
+import signal
+import textwrap
+import threading
+import time
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 
@@ -29,7 +45,10 @@ def add_dataclass_options(
         doc = _field_doc(cls, f.name)
         if kind is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=doc
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{doc} (default: {default})",
             )
         else:
             help_text = f"{doc} (default: {default})" if not required else doc
@@ -54,15 +73,26 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> An
 
 
 def _scalar_type(hint: Any) -> tuple[type | None, bool]:
+    """``(type, optional)`` of a field that becomes a flag; ``(None, False)`` when it cannot.
+
+    ``X | None`` is an optional ``X``; a path (``str | os.PathLike[str]``) is a ``str``.
+    """
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        if str in args and all(a is str or _is_pathlike(a) for a in args):
+            return str, optional
         if len(args) == 1 and args[0] in (int, float, str, bool):
-            return args[0], True
+            return args[0], optional
         return None, False
     if hint in (int, float, str, bool):
         return hint, False
     return None, False
+
+
+def _is_pathlike(hint: Any) -> bool:
+    return hint is os.PathLike or typing.get_origin(hint) is os.PathLike
 
 
 def _parse_optional(kind: type) -> Any:
@@ -74,8 +104,46 @@ def _parse_optional(kind: type) -> Any:
 
 
 def _field_doc(cls: type, name: str) -> str:
-    # Attribute docstrings are not kept at run time; the flag name and type must do.
-    return name.replace("_", " ")
+    """The ``--help`` text of field ``name``: its attribute docstring, else its name in words."""
+    doc = attribute_docs(cls).get(name) or name.replace("_", " ")
+    return doc.replace("%", "%%")  # argparse %-formats help strings
+
+
+@functools.cache
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a class (and its bases), as one line each.
+
+    Python keeps no attribute docstrings at run time, so they are read from the class source:
+    a string literal right after an annotated field is that field's doc (the convention Sphinx
+    and PEP 257 call attribute docstrings). RST double backticks are dropped. Classes without
+    source (built-ins, ``exec``) give ``{}``.
+
+    >>> from freshrank.runtime import RayInfo
+    >>> attribute_docs(RayInfo)["metrics_report_interval_s"]
+    'How often processes export metrics (None: as the joined cluster was configured).'
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        node = tree.body[0] if tree.body else None
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for stmt, following in itertools.pairwise(node.body):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                text = " ".join(inspect.cleandoc(following.value.value).split())
+                docs[stmt.target.id] = text.replace("``", "")
+    return docs
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -90,18 +158,36 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from freshrank.events.simulator import SimulatorConfig
 
     config = dataclass_from_args(ProducerConfig, args, simulator=SimulatorConfig(seed=args.seed))
+    stop = threading.Event()
+    limits = ["SIGTERM/SIGINT"]
+    if config.duration_s is not None:
+        limits.insert(0, f"{config.duration_s:g} s")
+    if config.max_shards is not None:
+        limits.insert(0, f"{config.max_shards} shards")
+    _log(
+        "simulate",
+        f"landing {config.landing_path}: {config.events_per_second:g} events/s in shards of "
+        f"{config.shard_events} until {' or '.join(limits)}",
+    )
+    every = args.progress_every_s
+    last = [time.monotonic()]
 
     def show(stats: Any) -> None:
-        print(
-            f"\rshards {stats.shards_written} events {stats.events_written} "
-            f"bad {stats.bad_shards_written} elapsed {stats.elapsed_s:.1f} s",
-            end="",
-            flush=True,
-        )
+        now = time.monotonic()
+        if every > 0 and now - last[0] >= every:
+            last[0] = now
+            _log(
+                "simulate",
+                f"shards {stats.shards_written} events {stats.events_written} "
+                f"bad {stats.bad_shards_written} elapsed {stats.elapsed_s:.1f} s "
+                f"max lag {stats.max_lag_s:.2f} s",
+            )
 
-    stats = run_producer(config, progress=show)
-    print()
-    print(json.dumps(dataclasses.asdict(stats), indent=2))
+    with stop_on_signals(lambda signum: stop.set(), "simulate", "stopping after this shard"):
+        stats = run_producer(config, stop=stop, progress=show)
+    how = "stopped by signal" if stop.is_set() else "finished"
+    _log("simulate", f"{how}: {stats.shards_written} shards, {stats.events_written} events")
+    print(json.dumps(dataclasses.asdict(stats), indent=2), flush=True)
     return 0
 
 
@@ -113,35 +199,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from freshrank.runtime import init_ray
 
     config = dataclass_from_args(TrainConfig, args)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
-        init_ray(address=args.address)
+        info = init_ray(address=address)
+        where = f"joined Ray at {address}" if address else "started a local Ray"
+        _log("train", f"{where} (dashboard {info.dashboard_url or 'n/a'})")
+    _log(
+        "train",
+        f"landing {config.landing} -> registry {config.registry}, {config.num_workers} "
+        f"worker(s){' on GPU' if config.use_gpu else ''}; SIGTERM/SIGINT stop after the window",
+    )
+    # run_training turns SIGTERM into "finish and checkpoint this window, then return".
     summary = run_training(config)
-    print(json.dumps(dataclasses.asdict(summary), indent=2, default=str))
+    _log(
+        "train",
+        f"stopped: {len(summary.versions)} new version(s), champion {summary.champion}, "
+        f"{summary.events_trained} events trained in total",
+    )
+    print(json.dumps(dataclasses.asdict(summary), indent=2, default=str), flush=True)
     return 0
 
 
-def _cmd_registry(args: argparse.Namespace) -> int:
-    from freshrank.registry.store import Registry
+def _log(command: str, message: str) -> None:
+    """One progress line on stdout (what ``ray job logs`` shows), flushed at once."""
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} [freshrank {command}] {message}", flush=True)
 
-    registry = Registry(args.registry)
-    if args.action == "list":
-        champion = registry.champion_version()
-        for v in registry.list_versions():
-            m = registry.get(v).manifest
-            mark = "*" if v == champion else " "
-            print(
-                f"{mark} v{v:<5d} events {m.get('window_events', 0):>8} "
-                f"auc {m.get('metrics', {}).get('eval_auc')} cursor {m.get('cursor')}"
-            )
-        return 0
-    if args.action == "show":
-        version = args.version or registry.champion_version()
-        if version is None:
-            print("no versions yet", file=sys.stderr)
-            return 1
-        print(json.dumps(registry.get(version).manifest, indent=2))
-        return 0
-    raise AssertionError(args.action)
+
+@contextlib.contextmanager
+def stop_on_signals(
+    on_signal: typing.Callable[[int], None], command: str, what: str
+) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT call ``on_signal(signum)`` instead of killing.
+
+    ``ray job stop`` sends SIGTERM to the job's processes (then SIGKILL after
+    ``RAY_JOB_STOP_WAIT_TIME_S``, see ``jobs/runtime_env.yaml``); Ctrl-C sends SIGINT. Handlers
+    can only be installed from the main thread; elsewhere this does nothing. The previous
+    handlers come back afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        _log(command, f"signal {signal.Signals(signum).name}: {what}")
+        on_signal(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,25 +262,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freshrank", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the whole loop on a local Ray and print a summary")
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole loop on a local Ray and print a summary",
+        description="The whole loop on a local Ray: simulator, incremental trainer, hot-swapped "
+        "Serve endpoint and an HTTP client; prints progress and a summary.",
+    )
     add_dataclass_options(demo, DemoConfig)
     demo.set_defaults(func=_cmd_demo)
 
-    sim = sub.add_parser("simulate", help="land simulated event shards at a steady rate")
+    sim = sub.add_parser(
+        "simulate",
+        help="land simulated event shards at a steady rate",
+        description="Land simulated event shards into a landing zone at a steady rate until "
+        "--duration-s, --max-shards or SIGTERM/SIGINT (`ray job stop`), then mark the zone done "
+        "and print the producer's stats as JSON.",
+    )
     add_dataclass_options(sim, ProducerConfig, skip=("event_time", "null_field"))
-    sim.add_argument("--seed", type=int, default=0, help="simulator seed")
+    sim.add_argument("--seed", type=int, default=0, help="Simulator seed (default: 0)")
+    sim.add_argument(
+        "--progress-every-s",
+        type=float,
+        default=5.0,
+        metavar="FLOAT",
+        help="Print a progress line at most this often; 0 for none (default: 5.0)",
+    )
     sim.set_defaults(func=_cmd_simulate)
 
-    train = sub.add_parser("train", help="run the long-lived incremental trainer")
+    train = sub.add_parser(
+        "train",
+        help="run the long-lived incremental trainer",
+        description="Train window after window of newly landed shards in one long-lived Ray "
+        "Train job; every window becomes a registry version. Stops when its config says so, or "
+        "on SIGTERM (`ray job stop`) after checkpointing the window it is on; prints a summary.",
+    )
     add_dataclass_options(train, TrainConfig)
-    train.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    train.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join ('auto', 'ray://host:10001', host:port); default: $RAY_ADDRESS "
+        "(set inside `ray job submit`), else start a local Ray on 127.0.0.1",
+    )
     train.set_defaults(func=_cmd_train)
 
-    reg = sub.add_parser("registry", help="inspect the model registry")
-    reg.add_argument("action", choices=["list", "show"])
-    reg.add_argument("--registry", required=True, help="registry directory")
-    reg.add_argument("--version", type=int, default=None, help="version (default: champion)")
-    reg.set_defaults(func=_cmd_registry)
+    from freshrank.registry.cli import add_registry_commands
+
+    add_registry_commands(sub)
     return parser
 
 

@@ -83,7 +83,11 @@ def test_ranks_and_names_the_version(ranking):
     v = _publish(reg, 1, seed=1)
     reg.set_champion(v)
     with httpx.Client(base_url=url, timeout=10) as http:
-        _until(lambda: http.post("/rank", json=BODY).status_code == 200, what="first model")
+        # every replica has loaded it: 20 answers in a row are 200 (routing spreads them)
+        _until(
+            lambda: all(http.post("/rank", json=BODY).status_code == 200 for _ in range(20)),
+            what="the first model on every replica",
+        )
         r = http.post("/rank", json=BODY)
         body = r.json()
         assert r.headers["x-model-version"] == str(body["model_version"]) == str(v)
@@ -160,3 +164,109 @@ def test_swap_under_load_drops_nothing_and_both_replicas_converge(ranking):
             t.join(30)
     assert failures == []
     assert set(new) <= set(seen)
+
+
+@pytest.fixture(scope="module")
+def overload_url(ranking):
+    """A second app on the same Serve: one replica, one request at a time, one queued."""
+    from ray import serve
+
+    reg, url = ranking
+    if reg.champion_version() is None:
+        reg.set_champion(_publish(reg, 1, seed=1))
+    serve.run(
+        build_ranking_app(
+            RankingAppConfig(
+                registry=str(reg.root),
+                num_replicas=1,
+                max_batch_size=1,
+                max_ongoing_requests=1,
+                max_queued_requests=1,
+                retry_after_s=2,
+            )
+        ),
+        name="overload",
+        route_prefix="/overload",
+    )
+    yield f"{url}/overload"
+    serve.delete("overload")
+
+
+def test_openapi_docs(ranking):
+    _reg, url = ranking
+    docs = httpx.get(f"{url}/docs", timeout=10)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    schema = httpx.get(f"{url}/openapi.json", timeout=10).json()
+    assert {"/rank", "/model", "/healthz"} <= set(schema["paths"])
+    rank = schema["paths"]["/rank"]["post"]
+    assert {"200", "413", "422", "503"} <= set(rank["responses"])
+    assert "RankRequest" in str(rank["requestBody"])
+
+
+def test_body_over_limit_is_413_through_serve(ranking):
+    _reg, url = ranking
+    big = dict(BODY, candidates=BODY["candidates"] * 40)  # 1200 candidates, well under 1 MiB
+    padded = httpx.post(
+        f"{url}/rank",
+        content=b"{" + b" " * (2 << 20) + b"}",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert padded.status_code == 413 and padded.json()["limit_bytes"] == 1 << 20
+    too_many = httpx.post(f"{url}/rank", json=big, timeout=30)
+    assert too_many.status_code == 422
+    assert "at most 1000 items" in " ".join(too_many.json()["problems"])
+
+
+def test_pin_file_is_honoured_without_redeploy(ranking):
+    reg, url = ranking
+    if reg.champion_version() is None:
+        reg.set_champion(_publish(reg, 1, seed=1))
+    old = _publish(reg, 50, seed=50)
+    champion = _publish(reg, 51, seed=51)
+    reg.set_champion(champion)
+    with httpx.Client(base_url=url, timeout=10) as http:
+
+        def all_on(version, n=30):
+            got = [http.post("/rank", json=BODY).headers.get("x-model-version") for _ in range(n)]
+            return set(got) == {str(version)}
+
+        _until(lambda: all_on(champion), what=f"v{champion} everywhere")
+        reg.pin(old, reason="test")
+        try:
+            _until(lambda: all_on(old), what=f"pinned v{old} everywhere")
+            status = http.get("/model").json()
+            assert status["pinned_version"] == old and status["model_version"] == old
+            assert status["replica"]
+        finally:
+            reg.unpin()
+        _until(lambda: all_on(champion), what=f"back to v{champion} after unpin")
+
+
+def test_overload_is_503_with_retry_after_not_a_hang(overload_url):
+    body = dict(BODY, candidates=[{"item_id": f"i{i}", "price": 1.0} for i in range(1000)])
+    with httpx.Client(timeout=30) as http:
+        _until(lambda: http.post(f"{overload_url}/rank", json=BODY).status_code == 200)
+    results = []
+    barrier = threading.Barrier(24)
+
+    def one():
+        with httpx.Client(timeout=60) as http:
+            barrier.wait(30)
+            started = time.monotonic()
+            r = http.post(f"{overload_url}/rank", json=body)
+            results.append(
+                (r.status_code, r.headers.get("retry-after"), time.monotonic() - started)
+            )
+
+    threads = [threading.Thread(target=one) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert len(results) == 24  # nobody hangs
+    codes = [c for c, _, _ in results]
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+    assert {ra for c, ra, _ in results if c == 503} == {"2"}
+    rejected = [dt for c, _, dt in results if c == 503]
+    assert max(rejected) < 30  # refused, not queued until the client gives up

@@ -63,30 +63,44 @@ def test_pin_overrides_target_and_unpin_follows_again():
 
 def test_background_thread_swaps_while_requests_read():
     target = {"v": 1}
-    slow_loads = threading.Event()
+    loading, release = threading.Event(), threading.Event()
 
     def loader(v):
         if v > 1:
-            slow_loads.wait(0.05)  # loading is slow; requests must not wait for it
+            loading.set()
+            assert release.wait(5), "the test never released the load"
         return FakeServed(v)
 
     holder = ModelHolder(loader=loader, target=lambda: target["v"], poll_interval_s=0.01)
     holder.refresh()
     holder.start()
-    seen = set()
     try:
         for v in range(2, 6):
+            loading.clear()
             target["v"] = v
-            deadline = time.monotonic() + 5
-            while holder.current().served.version != v:
-                assert time.monotonic() < deadline
-                t0 = time.perf_counter()
-                seen.add(holder.current().served.version)
-                assert time.perf_counter() - t0 < 0.01
+            assert loading.wait(5), f"version {v} was never loaded"
+            # the load is in progress and blocked: requests still read the old model at once
+            assert holder.current().served.version == v - 1
+            release.set()
+            _wait(lambda v=v: holder.current().served.version == v)
+            release.clear()
     finally:
+        release.set()
         holder.stop()
     assert holder.current().served.version == 5 and holder.swaps == 5
-    assert seen <= {1, 2, 3, 4, 5}
+
+
+def test_failed_load_reports_through_on_error():
+    errors = []
+
+    def loader(v):
+        raise OSError("disk gone")
+
+    holder = ModelHolder(
+        loader=loader, target=lambda: 3, on_error=lambda v, m: errors.append((v, m))
+    )
+    assert holder.refresh() is False
+    assert errors == [(3, "OSError: disk gone")] and holder.current() is None
 
 
 def test_target_error_is_recorded_not_raised():

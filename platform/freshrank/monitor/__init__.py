@@ -1,7 +1,22 @@
-"""Monitoring: the metric catalogue and the facades that export it (Ray or prometheus_client)."""
+"""Monitoring: the metric catalogue and its exporters (Ray or prometheus_client), drift sketches
+and statistics, and the status shown by ``freshrank status``."""
 
+from freshrank.monitor.drift import (
+    DriftMonitor,
+    DriftReport,
+    DriftSource,
+    DriftThresholds,
+    FeatureDrift,
+    ReferenceProfile,
+    SketchConfig,
+    Statistic,
+    WindowSketch,
+    compare,
+)
 from freshrank.monitor.metrics import (
     CATALOGUE,
+    DRIFT_SOURCES,
+    DRIFT_STATISTICS,
     METRIC_PREFIX,
     PROMOTION_OUTCOMES,
     RAY_PROMETHEUS_PREFIX,
@@ -9,6 +24,7 @@ from freshrank.monitor.metrics import (
     REQUEST_STATUSES,
     STAGE_LATENCY_BUCKETS,
     UPDATE_LATENCY_BUCKETS,
+    UPDATE_STAGES,
     GaugeFunction,
     MetricKind,
     Metrics,
@@ -21,9 +37,12 @@ from freshrank.monitor.metrics import (
     metric_spec,
     serve_prometheus_client,
 )
+from freshrank.monitor.status import Status, collect_status, render_status
 
 __all__ = [
     "CATALOGUE",
+    "DRIFT_SOURCES",
+    "DRIFT_STATISTICS",
     "METRIC_PREFIX",
     "PROMOTION_OUTCOMES",
     "RAY_PROMETHEUS_PREFIX",
@@ -31,6 +50,12 @@ __all__ = [
     "REQUEST_STATUSES",
     "STAGE_LATENCY_BUCKETS",
     "UPDATE_LATENCY_BUCKETS",
+    "UPDATE_STAGES",
+    "DriftMonitor",
+    "DriftReport",
+    "DriftSource",
+    "DriftThresholds",
+    "FeatureDrift",
     "GaugeFunction",
     "MetricKind",
     "MetricSpec",
@@ -38,8 +63,16 @@ __all__ = [
     "MetricsBackend",
     "MetricsServer",
     "NullMetrics",
+    "ReferenceProfile",
+    "SketchConfig",
+    "Statistic",
+    "Status",
     "TagMap",
+    "WindowSketch",
+    "collect_status",
+    "compare",
     "default_metrics",
     "metric_spec",
+    "render_status",
     "serve_prometheus_client",
 ]

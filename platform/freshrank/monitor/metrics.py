@@ -112,6 +112,30 @@ REQUEST_STATUSES: tuple[str, ...] = ("ok", "client_error", "server_error", "unav
 PROMOTION_OUTCOMES: tuple[str, ...] = ("promoted", "rejected", "rolled_back", "error")
 """Values of the `outcome` tag of `freshrank_promotions_total`."""
 
+DRIFT_STATISTICS: tuple[str, ...] = (
+    "psi",
+    "js",
+    "linf",
+    "unseen_rate",
+    "ctr_shift",
+    "surprise",
+)
+"""Values of the `statistic` tag of `freshrank_drift_alarm` (`drift.Statistic`)."""
+
+DRIFT_SOURCES: tuple[str, ...] = ("trainer", "serving")
+"""Values of the `source` tag of `freshrank_score_psi` (`drift.DriftSource`)."""
+
+UPDATE_STAGES: tuple[str, ...] = (
+    "landed_to_read",
+    "read_to_trained",
+    "trained_to_checkpointed",
+    "checkpointed_to_promoted",
+    "promoted_to_live",
+)
+"""The `stage` values of `freshrank_stage_latency_seconds` for the update path, in order:
+a shard landing -> read by the trainer -> trained on -> checkpointed -> promoted -> live on a
+replica. `freshrank_landed_to_live_seconds` is the whole path."""
+
 REQUEST_LATENCY_BUCKETS: tuple[float, ...] = (
     0.001,
     0.0025,
@@ -159,6 +183,9 @@ STAGE_LATENCY_BUCKETS: tuple[float, ...] = (
     30.0,
     60.0,
     120.0,
+    300.0,
+    600.0,
+    1800.0,
 )
 """Histogram boundaries (seconds) for one pipeline stage (read, encode, train, ...)."""
 
@@ -350,6 +377,11 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     ),
     _counter("freshrank_events_trained_total", "Event rows the trainer has trained on.", "events"),
     _counter(
+        "freshrank_shards_trained_total",
+        "Shards whose valid rows the trainer has trained on (quarantined ones not included).",
+        "shards",
+    ),
+    _counter(
         "freshrank_windows_trained_total", "Training windows completed by the trainer.", "windows"
     ),
     _gauge(
@@ -373,10 +405,17 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     ),
     _histogram(
         "freshrank_stage_latency_seconds",
-        "Duration of one pipeline stage per window (read, encode, evaluate, train, checkpoint).",
+        "Duration of one stage of the update path (UPDATE_STAGES: landed_to_read, "
+        "read_to_trained, trained_to_checkpointed, checkpointed_to_promoted, promoted_to_live).",
         "seconds",
         STAGE_LATENCY_BUCKETS,
         "stage",
+    ),
+    _histogram(
+        "freshrank_landed_to_live_seconds",
+        "Time from a shard landing to a model trained on it answering requests on a replica.",
+        "seconds",
+        UPDATE_LATENCY_BUCKETS,
     ),
     # --- registry ------------------------------------------------------------------------
     _counter(
@@ -424,18 +463,64 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "seconds",
         REQUEST_LATENCY_BUCKETS,
     ),
-    # --- drift ---------------------------------------------------------------------------
+    # --- drift (see monitor/drift.py) ----------------------------------------------------
     _gauge(
         "freshrank_drift_psi",
-        "Population stability index of a feature (or 'score', 'ctr') against the reference.",
+        "Population stability index of a numeric feature in the latest window vs the reference.",
         "1",
         "feature",
     ),
     _gauge(
         "freshrank_drift_js",
-        "Jensen-Shannon divergence of a feature (or 'score', 'ctr') against the reference.",
+        "Jensen-Shannon divergence (bits, top-k + other) of a categorical feature in the latest "
+        "window vs the reference.",
         "1",
         "feature",
+    ),
+    _gauge(
+        "freshrank_drift_linf",
+        "Largest change in any top-k category's share in the latest window vs the reference.",
+        "1",
+        "feature",
+    ),
+    _gauge(
+        "freshrank_drift_unseen_rate",
+        "Share of ids in the latest window that the model never saw in training.",
+        "1",
+        "feature",
+    ),
+    _gauge(
+        "freshrank_drift_surprise",
+        "Rise of the mean surprise -log p(value | key) in nats (e.g. a row's category given its "
+        "user: the users' interests) in the latest window over the reference's own.",
+        "1",
+        "feature",
+    ),
+    _gauge(
+        "freshrank_ctr_shift",
+        "Relative change of the latest window's click-through rate vs the reference "
+        "(ctr / ctr_ref - 1).",
+        "1",
+    ),
+    MetricSpec(
+        "freshrank_score_psi",
+        MetricKind.GAUGE,
+        "Population stability index of model scores (trainer: a new window; serving: served "
+        "requests) vs the scores on the model's training reference.",
+        "1",
+        ("source",),
+        None,
+        (("source", DRIFT_SOURCES),),
+    ),
+    MetricSpec(
+        "freshrank_drift_alarm",
+        MetricKind.GAUGE,
+        "1 when the latest window's drift statistic of a feature is over its threshold, else 0 "
+        "(thresholds: monitor.drift.DriftThresholds).",
+        "1",
+        ("feature", "statistic"),
+        None,
+        (("statistic", DRIFT_STATISTICS),),
     ),
 )
 """Every metric freshrank emits. Add new ones here, never ad hoc at the call site."""
@@ -468,6 +553,30 @@ def metric_spec(name: str) -> MetricSpec:
         raise KeyError(
             f"unknown metric {name!r}; known metrics: {', '.join(sorted(_BY_NAME))}"
         ) from None
+
+
+def catalogue_markdown() -> str:
+    """The catalogue as a Markdown table (name, type, labels, unit, meaning), as
+    docs/observability.md shows it between its ``catalogue`` markers.
+
+    >>> print(catalogue_markdown().splitlines()[0])
+    | name | type | labels | unit | meaning |
+    """
+    rows = ["| name | type | labels | unit | meaning |", "|---|---|---|---|---|"]
+    for spec in CATALOGUE:
+        labels = []
+        for key in spec.tag_keys:
+            allowed = spec.allowed_values(key)
+            labels.append(f"`{key}`" + (f" ({', '.join(allowed)})" if allowed else ""))
+        kind = spec.kind.value
+        if spec.boundaries:
+            kind += f" ({spec.boundaries[0]:g} to {spec.boundaries[-1]:g})"
+        meaning = spec.description.replace("|", "\\|")
+        rows.append(
+            f"| `{spec.name}` | {kind} | {', '.join(labels) or '-'} | {spec.unit or '-'} "
+            f"| {meaning} |"
+        )
+    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -901,6 +1010,8 @@ def serve_prometheus_client(
 
 __all__ = [
     "CATALOGUE",
+    "DRIFT_SOURCES",
+    "DRIFT_STATISTICS",
     "METRIC_PREFIX",
     "PROMOTION_OUTCOMES",
     "RAY_PROMETHEUS_PREFIX",
@@ -908,6 +1019,7 @@ __all__ = [
     "REQUEST_STATUSES",
     "STAGE_LATENCY_BUCKETS",
     "UPDATE_LATENCY_BUCKETS",
+    "UPDATE_STAGES",
     "GaugeFunction",
     "MetricKind",
     "MetricSpec",
@@ -916,6 +1028,7 @@ __all__ = [
     "MetricsServer",
     "NullMetrics",
     "TagMap",
+    "catalogue_markdown",
     "default_metrics",
     "metric_spec",
     "serve_prometheus_client",

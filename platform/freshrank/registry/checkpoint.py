@@ -74,7 +74,7 @@ def load_latest_or_init(registry: Registry) -> TrainingState | None:
     """
     for version in reversed(registry.list_versions()):
         try:
-            info = registry.verify(version)
+            info = registry.verify(version, required=(MODEL_FILE, REPLAY_FILE))
         except Exception:
             continue
         m = info.manifest
@@ -95,7 +95,7 @@ def load_latest_or_init(registry: Registry) -> TrainingState | None:
 
 def load_serving_model(registry: Registry, version: int) -> ServingModel:
     """Verify and load ``version`` for serving (weights only; raises ``CorruptVersion``)."""
-    info = registry.verify(version)
+    info = registry.verify(version, required=(MODEL_FILE,))
     config = RankerConfig.from_dict(info.manifest["model_config"])
     model = Ranker(config)
     model.load_state_dict(registry.load_torch(info, MODEL_FILE))

@@ -3,9 +3,17 @@
 from freshrank.serving.api import Candidate, ModelStatus, RankRequest, RankResponse, ScoredItem
 from freshrank.serving.app import RankingAppConfig, build_ranking_app
 from freshrank.serving.holder import Loaded, ModelHolder
-from freshrank.serving.scoring import rank_request, score_candidates, warm_up
+from freshrank.serving.limits import BodySizeLimit
+from freshrank.serving.scoring import (
+    rank_request,
+    rank_requests,
+    score_batch,
+    score_candidates,
+    warm_up,
+)
 
 __all__ = [
+    "BodySizeLimit",
     "Candidate",
     "Loaded",
     "ModelHolder",
@@ -16,6 +24,8 @@ __all__ = [
     "ScoredItem",
     "build_ranking_app",
     "rank_request",
+    "rank_requests",
+    "score_batch",
     "score_candidates",
     "warm_up",
 ]

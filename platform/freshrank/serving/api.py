@@ -50,7 +50,10 @@ class ModelStatus(BaseModel):
     """What a replica is serving."""
 
     model_version: int | None
-    pinned_version: int | None
+    pinned_version: int | None = Field(
+        description="Pinned version (Serve user_config first, else the registry's PINNED)"
+    )
+    replica: str | None = Field(default=None, description="Serve replica id that answered")
     watermark: float | None
     loaded_at: float | None
     swaps: int

@@ -25,7 +25,11 @@ class Loaded:
 
 
 class ModelHolder:
-    """Holds the live model; ``loader(version)`` and ``target()`` are injected (tests fake them)."""
+    """Holds the live model; ``loader(version)`` and ``target()`` are injected (tests fake them).
+
+    ``on_swap(loaded)`` runs after each swap, ``on_error(version, message)`` after a failed
+    load, ``on_tick(live)`` once per poll of the background thread.
+    """
 
     def __init__(
         self,
@@ -34,12 +38,14 @@ class ModelHolder:
         poll_interval_s: float = 0.25,
         on_swap: Callable[[Loaded], None] | None = None,
         on_tick: Callable[[Loaded | None], None] | None = None,
+        on_error: Callable[[int, str], None] | None = None,
     ) -> None:
         self._loader = loader
         self._target = target
         self.poll_interval_s = poll_interval_s
         self._on_swap = on_swap
         self._on_tick = on_tick
+        self._on_error = on_error
         self._live: Loaded | None = None
         self._pinned: int | None = None
         self._failed: dict[int, str] = {}
@@ -85,6 +91,8 @@ class ModelHolder:
             except Exception as exc:  # keep serving the old model
                 self._failed[wanted] = f"{type(exc).__name__}: {exc}"
                 self.last_error = f"version {wanted}: {self._failed[wanted]}"
+                if self._on_error is not None:
+                    self._on_error(wanted, self._failed[wanted])
                 return False
             loaded = Loaded(served, time.time())
             self._live = loaded  # the swap: one reference

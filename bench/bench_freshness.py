@@ -1,0 +1,181 @@
+"""Freshness end to end: from a shard landing to the first response served by a model trained on
+it, with events arriving continuously; our long-lived trainer against relaunching training per
+window.
+
+Run: ``python bench/bench_freshness.py [--seconds 60] [--events-per-second 2000]``.
+
+SKELETON (issue 4): written by the registry/serving side; the trainer belongs to the lead, who
+wires the promotion gate into it. Both arms share everything but the trainer:
+
+* a producer lands shards at a steady rate for ``--seconds`` (``run_producer``);
+* the ranking app serves the registry's champion (2 replicas) and a closed-loop client
+  (``LoadGenerator``) records which version answered when;
+* ``ours``: one ``run_training`` call, the long-lived ``TorchTrainer.fit()`` consuming window
+  after window;
+* ``relaunch``: ``run_training(max_windows=1)`` called again and again, a new ``fit()`` per
+  window (what a cron- or workflow-driven retrain does), resuming from the registry each time.
+
+Freshness of a shard = (first time a version whose training included it answered a request)
+- (the shard's ``landed_at``). A version includes every shard up to its cursor, so a shard is
+live once any version >= the one that first trained it answers. p50/p99 over all shards.
+Goal (issue 4): ours p50 < 5 s and p99 < 15 s on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from freshrank.events.produce import ProducerConfig, run_producer
+from freshrank.events.simulator import SimulatorConfig
+from freshrank.learn.config import TrainConfig
+from freshrank.learn.train import run_training
+from freshrank.registry import Registry
+from freshrank.serving.loadgen import LoadConfig, LoadGenerator
+
+BODY = {
+    "user_id": "u1",
+    "query": "shoes",
+    "candidates": [{"item_id": f"i{i}", "price": 1.0 + i} for i in range(100)],
+}
+
+
+def freshness(registry: Registry, first_served_wall: dict[int, float]) -> list[float]:
+    """Seconds from each trained shard landing to the first answer by a version including it."""
+    served = sorted(first_served_wall.items())
+    out = []
+    for v in registry.list_versions():
+        m = registry.get(v).manifest
+        live = [t for served_v, t in served if served_v >= v]
+        if live:
+            out.extend(min(live) - landed for landed in m.get("shard_landed_at", {}).values())
+    return out
+
+
+def run_arm(name: str, workdir: Path, args: argparse.Namespace) -> list[float]:
+    """One arm: producer + serving + client + trainer(s); returns per-shard freshness (s)."""
+    from ray import serve
+
+    from freshrank.runtime import free_port
+    from freshrank.serving.app import RankingAppConfig, build_ranking_app
+
+    landing, registry_dir = workdir / name / "landing", workdir / name / "registry"
+    landing.mkdir(parents=True)
+    registry = Registry(registry_dir)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(
+        build_ranking_app(RankingAppConfig(registry=str(registry_dir), num_replicas=2)),
+        name=f"fresh-{name}",
+        route_prefix="/",
+    )
+    train = TrainConfig(
+        landing=str(landing),
+        registry=str(registry_dir),
+        num_workers=args.workers,
+        idle_timeout_s=30.0,
+        max_windows=1 if name == "relaunch" else None,
+    )
+    produce = ProducerConfig(
+        landing_path=str(landing),
+        events_per_second=args.events_per_second,
+        shard_events=args.shard_events,
+        duration_s=args.seconds,
+        simulator=SimulatorConfig(seed=args.seed),
+    )
+    wall_offset = time.time() - time.monotonic()
+    load = LoadGenerator(
+        LoadConfig(
+            url=f"http://127.0.0.1:{port}",
+            body=BODY,
+            concurrency=2,
+            max_seconds=args.seconds + 900,
+        )
+    )
+    producer = threading.Thread(target=run_producer, args=(produce,), daemon=True)
+    try:
+        load.start()
+        producer.start()
+        if name == "ours":
+            run_training(train)
+        else:
+            deadline = time.monotonic() + args.seconds + 900
+            while time.monotonic() < deadline:  # bounded: one fit() per window
+                summary = run_training(train)
+                if not summary.versions and not producer.is_alive():
+                    break
+        producer.join(60)
+        champion = registry.champion_version()
+        wait_until = time.monotonic() + 60
+        while champion is not None and time.monotonic() < wait_until:
+            if any(s.version == champion for s in load.samples()):
+                break
+            time.sleep(0.1)
+    finally:
+        samples = load.stop()
+        serve.shutdown()
+    first: dict[int, float] = {}
+    for s in samples:
+        if s.ok and s.version is not None:
+            first[s.version] = min(first.get(s.version, s.done + wall_offset), s.done + wall_offset)
+    return freshness(registry, first)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0, help="how long events arrive")
+    p.add_argument("--events-per-second", type=float, default=2000.0)
+    p.add_argument("--shard-events", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+
+    from freshrank.runtime import init_ray
+
+    init_ray(num_cpus=8, dashboard_port=None)
+    work = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
+    results = {arm: run_arm(arm, work, args) for arm in ("ours", "relaunch")}
+    lines = [
+        f"Command: `python bench/bench_freshness.py --seconds {args.seconds:g} "
+        f"--events-per-second {args.events_per_second:g} --shard-events {args.shard_events}` "
+        f"(load average {os.getloadavg()[0]:.1f}).",
+        "",
+        "| trainer | shards | p50 s | p99 s | max s |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, values in results.items():
+        a = np.asarray(values)
+        if len(a):
+            lines.append(
+                f"| {arm} | {len(a)} | {np.percentile(a, 50):.1f} | {np.percentile(a, 99):.1f} "
+                f"| {a.max():.1f} |"
+            )
+        else:
+            lines.append(f"| {arm} | 0 | - | - | - |")
+    ours, base = (np.asarray(results[k]) for k in ("ours", "relaunch"))
+    if len(ours) and len(base):
+        lines += [
+            "",
+            f"relaunch / ours p50: {np.percentile(base, 50) / np.percentile(ours, 50):.1f}x. "
+            f"Goal ours p50 < 5 s: {'PASS' if np.percentile(ours, 50) < 5 else 'FAIL'}; "
+            f"p99 < 15 s: {'PASS' if np.percentile(ours, 99) < 15 else 'FAIL'}.",
+        ]
+    report = "\n".join(lines)
+    print(report)
+    if not args.no_write:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _results import write_section
+
+        write_section("Issue 4", "Freshness end to end", report)
+
+
+if __name__ == "__main__":
+    main()
