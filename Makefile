@@ -23,6 +23,7 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	bash cluster/prometheus/install.sh
 	$(PY) -m pytest $(ARGS)
 
 lint: venv
@@ -32,6 +33,10 @@ lint: venv
 bench: venv
 	$(PY) bench/bench_simulator.py
 	$(PY) bench/bench_training.py
+	$(PY) bench/bench_overhead.py
+	$(PY) bench/bench_serving.py
+	$(PY) bench/bench_swap.py
+	$(PY) bench/bench_drift.py
 
 clean:
 	rm -rf .freshrank .pytest_cache

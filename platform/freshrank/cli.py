@@ -253,6 +253,13 @@ def stop_on_signals(
             signal.signal(sig, old)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from freshrank.monitor.status import collect_status, render_status
+
+    print(render_status(collect_status(args.registry, args.landing, args.metrics_url)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``freshrank`` command."""
     from freshrank.demo import DemoConfig
@@ -304,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(set inside `ray job submit`), else start a local Ray on 127.0.0.1",
     )
     train.set_defaults(func=_cmd_train)
+
+    status = sub.add_parser("status", help="print the live state: champion, freshness, drift")
+    status.add_argument("--registry", required=True, help="registry directory")
+    status.add_argument("--landing", default=None, help="landing zone (for quarantined shards)")
+    status.add_argument(
+        "--metrics-url", default=None, help="Ray metrics endpoint (http://127.0.0.1:PORT/metrics)"
+    )
+    status.set_defaults(func=_cmd_status)
 
     from freshrank.registry.cli import add_registry_commands
 
