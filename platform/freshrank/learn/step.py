@@ -1,0 +1,165 @@
+"""The training step and the per-window loop, shared by the Ray trainer and the backtest.
+
+One step, readable in one screen::
+
+    forward -> task loss (BCE) + strategy penalties -> backward -> optimizer step -> report
+
+and one window::
+
+    strategy.before_window -> for each batch of new rows: mix in strategy.replay_rows,
+    train_step -> strategy.after_window
+
+Distributed training passes ``steps`` (the same on every rank, so DDP's collectives line up),
+``reduce_sum`` (an all-reduce of a float) and ``world``; a single process passes none of them.
+Evaluation (:func:`score_rows`) comes before training in both, which makes it prequential.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from freshrank.features.encode import concat_inputs, num_rows, slice_inputs
+from freshrank.learn.strategies import Strategy
+from freshrank.model.device import to_tensors
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step did: rows in the batch, their summed BCE and the strategy penalty."""
+
+    rows: int
+    task_loss_sum: float
+    penalty: float
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """What training on one window did (this process's share)."""
+
+    steps: int
+    new_rows: int
+    replay_rows: int
+    task_loss_sum: float
+    penalty_sum: float
+
+    @property
+    def rows(self) -> int:
+        """Rows that went through forward and backward (new + replayed)."""
+        return self.new_rows + self.replay_rows
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean BCE per trained row (NaN when nothing was trained)."""
+        return self.task_loss_sum / self.rows if self.rows else float("nan")
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Mapping[str, Tensor],
+    strategy: Strategy,
+    loss_scale: float | None = None,
+) -> StepResult:
+    """One optimizer step on ``batch`` (tensors on the model's device, ``label`` included).
+
+    The loss is ``sum BCE * loss_scale + strategy.penalty(batch, outputs, model)``. The default
+    ``loss_scale`` is ``1 / rows`` (the mean); under DDP pass ``world / rows_on_all_ranks``, so
+    that DDP's gradient averaging yields the mean over every rank's rows.
+    """
+    outputs = model(batch)
+    labels = batch["label"]
+    loss_sum = F.binary_cross_entropy_with_logits(outputs, labels, reduction="sum")
+    n = int(labels.shape[0])
+    scale = loss_scale if loss_scale is not None else 1.0 / max(n, 1)
+    penalty = strategy.penalty(batch, outputs, model)
+    loss = loss_sum * scale + penalty
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return StepResult(n, float(loss_sum.detach()), float(penalty.detach()))
+
+
+def train_window(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rows: Mapping[str, np.ndarray],
+    strategy: Strategy,
+    *,
+    batch_size: int,
+    rng: np.random.Generator,
+    device: torch.device,
+    steps: int | None = None,
+    reduce_sum: Callable[[float], float] | None = None,
+    world: int = 1,
+    epochs: int = 1,
+) -> WindowResult:
+    """Train on one window of encoded rows with a strategy (hooks called in order).
+
+    ``steps`` defaults to ``ceil(rows / batch_size) * epochs``; under DDP give the maximum over
+    ranks so every rank steps equally (a rank out of rows steps on empty batches). Rows are
+    shuffled with ``rng``; ``rows`` itself is not modified.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = num_rows(rows)
+    per_epoch = math.ceil(n / batch_size)
+    total = per_epoch * epochs if steps is None else int(steps)
+    core = getattr(model, "module", model)
+    strategy.before_window(core, rows)
+    model.train()
+    new_rows = replay_rows = 0
+    loss_sum = penalty_sum = 0.0
+    order = rng.permutation(n)
+    for step in range(total):
+        k = step % per_epoch if per_epoch else 0
+        if per_epoch and k == 0 and step:
+            order = rng.permutation(n)
+        new = slice_inputs(rows, order[k * batch_size : (k + 1) * batch_size])
+        n_new = num_rows(new)
+        old = strategy.replay_rows(n_new) if n_new else {}
+        batch = concat_inputs([new, old]) if old else new
+        n_batch = num_rows(batch)
+        n_global = reduce_sum(float(n_batch)) if reduce_sum is not None else float(n_batch)
+        result = train_step(
+            model, optimizer, to_tensors(batch, device), strategy, world / max(n_global, 1.0)
+        )
+        new_rows += n_new
+        replay_rows += n_batch - n_new
+        loss_sum += result.task_loss_sum
+        penalty_sum += result.penalty
+    strategy.after_window(core, rows)
+    return WindowResult(total, new_rows, replay_rows, loss_sum, penalty_sum)
+
+
+def score_rows(
+    model: nn.Module,
+    rows: Mapping[str, np.ndarray],
+    device: torch.device,
+    batch_size: int = 65_536,
+    use_position: bool = True,
+) -> np.ndarray:
+    """Logits for every row, in eval mode without gradients (float64 numpy, shape (B,)).
+
+    ``use_position=True`` scores clicks as logged (what the training loss sees);
+    ``False`` scores relevance alone (what serving ranks by).
+    """
+    n = num_rows(rows)
+    if n == 0:
+        return np.zeros(0)
+    core = getattr(model, "module", model)
+    was_training = core.training
+    core.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            part = to_tensors(slice_inputs(rows, slice(start, start + batch_size)), device)
+            out.append(core(part, use_position=use_position).cpu().numpy())
+    core.train(was_training)
+    return np.concatenate(out).astype(np.float64)

@@ -1,0 +1,308 @@
+"""One contract suite over every strategy and every replay buffer (River's check_estimator style).
+
+Each case is driven through the same two verbs: ``feed`` (learn from a window: a real training
+window for strategies, ``add`` for buffers) and ``probe`` (what the object produces now: replay
+rows and a penalty for strategies, a sample for buffers). The checks: inputs are not mutated,
+the same seed gives the same result, an empty window is a no-op, a state saved through
+``np.savez`` / ``torch.save`` and loaded with ``allow_pickle=False`` / ``weights_only=True``
+behaves identically, penalties are finite and >= 0, and unseen ids do not crash anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from freshrank.events.schema import empty_events
+from freshrank.events.simulator import Simulator, SimulatorConfig
+from freshrank.features.encode import FeatureConfig, encode
+from freshrank.learn.buffers import ClickBalancedBuffer
+from freshrank.learn.replay import ReservoirBuffer
+from freshrank.learn.step import train_window
+from freshrank.learn.strategies import (
+    BufferKind,
+    CombinedConfig,
+    EWCConfig,
+    EWCMode,
+    FineTuneConfig,
+    LwFConfig,
+    ReplayConfig,
+    Strategy,
+    build_strategy,
+    partition_state,
+)
+from freshrank.model.config import RankerConfig
+from freshrank.model.device import to_tensors
+from freshrank.model.ranker import Ranker
+
+FEATURES = FeatureConfig(
+    user_buckets=64,
+    item_buckets=128,
+    category_buckets=16,
+    brand_buckets=16,
+    device_buckets=4,
+    query_buckets=64,
+    max_position=8,
+)
+MODEL = RankerConfig(features=FEATURES, embedding_dim=4, dense_hidden=(4,), over_hidden=(8,))
+CPU = torch.device("cpu")
+
+
+def _windows() -> list[dict[str, np.ndarray]]:
+    sim = Simulator(
+        SimulatorConfig(
+            seed=5, n_users=40, n_items=30, n_categories=3, n_brands=4, list_size=5,
+            words_per_category=3, queries_per_category=4,
+        )
+    )  # fmt: skip
+    return [encode(sim.generate(30), FEATURES) for _ in range(3)]
+
+
+WINDOWS = _windows()
+EMPTY = encode(empty_events(), FEATURES)
+
+
+def _unseen_window() -> dict[str, np.ndarray]:
+    """A window of users, items, brands and query words no earlier window had."""
+    sim = Simulator(SimulatorConfig(seed=9, n_users=10, n_items=10, n_categories=2, list_size=5))
+    table = sim.generate(10)
+    for column, prefix in (("user_id", "new-u"), ("item_id", "new-i"), ("query", "brand new ")):
+        idx = table.schema.get_field_index(column)
+        values = pc.binary_join_element_wise(prefix, table.column(column), "")
+        table = table.set_column(idx, column, values)
+    return encode(table, FEATURES)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one torch thread is much faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(seed: int = 0) -> Ranker:
+    torch.manual_seed(seed)
+    return Ranker(MODEL)
+
+
+# ------------------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    make: Callable[[int], Any]  # seed -> a fresh object
+    is_strategy: bool
+
+    def feed(self, obj: Any, model: Ranker, rows: dict[str, np.ndarray]) -> None:
+        if self.is_strategy:
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+            train_window(
+                model,
+                optimizer,
+                rows,
+                obj,
+                batch_size=64,
+                rng=np.random.default_rng(0),
+                device=CPU,
+            )
+        else:
+            obj.add(rows)
+
+    def probe(self, obj: Any, model: Ranker, rows: dict[str, np.ndarray]) -> dict[str, Any]:
+        if not self.is_strategy:
+            return {f"sample/{k}": v for k, v in obj.sample(16).items()}
+        obj.before_window(model, rows)
+        out: dict[str, Any] = {f"replay/{k}": v for k, v in obj.replay_rows(32).items()}
+        shifted = copy.deepcopy(model)  # a student that moved away from the anchor / teacher
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in shifted.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        batch = to_tensors(rows, CPU)
+        penalty = obj.penalty(batch, shifted(batch), shifted)
+        out["penalty"] = float(penalty.detach())
+        return out
+
+    def state(self, obj: Any) -> dict[str, Any]:
+        return dict(obj.state_dict())
+
+
+def _strategy_case(name: str, config: Any) -> Case:
+    def reseed(cfg: Any, seed: int) -> Any:
+        return dataclasses.replace(cfg, seed=seed) if hasattr(cfg, "seed") else cfg
+
+    def make(seed: int) -> Strategy:
+        if isinstance(config, CombinedConfig):
+            return build_strategy(CombinedConfig(tuple(reseed(p, seed) for p in config.parts)))
+        return build_strategy(reseed(config, seed))
+
+    return Case(name, make, True)
+
+
+CASES = [
+    _strategy_case("finetune", FineTuneConfig()),
+    _strategy_case("replay-reservoir", ReplayConfig(capacity=64, mix_ratio=0.5)),
+    _strategy_case(
+        "replay-balanced",
+        ReplayConfig(capacity=64, mix_ratio=1.0, buffer=BufferKind.CLICK_BALANCED),
+    ),
+    _strategy_case("ewc-online", EWCConfig(lam=10.0, fisher_rows=64, fisher_batch_size=16)),
+    _strategy_case(
+        "ewc-separate",
+        EWCConfig(lam=10.0, mode=EWCMode.SEPARATE, fisher_rows=64, fisher_batch_size=16),
+    ),
+    _strategy_case("lwf", LwFConfig(alpha=1.0, temperature=2.0)),
+    _strategy_case("replay+lwf", CombinedConfig((ReplayConfig(capacity=64), LwFConfig()))),
+    _strategy_case(
+        "replay+ewc",
+        CombinedConfig((ReplayConfig(capacity=64), EWCConfig(fisher_rows=32))),
+    ),
+    Case("buffer-reservoir", lambda seed: ReservoirBuffer(40, seed=seed), False),
+    Case("buffer-click-balanced", lambda seed: ClickBalancedBuffer(40, 0.5, seed=seed), False),
+]
+STRATEGY_CASES = [c for c in CASES if c.is_strategy]
+
+
+def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, torch.Tensor):
+            torch.testing.assert_close(x, y, rtol=0, atol=0, msg=k)
+        else:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=k)
+
+
+def _copy_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.copy() for k, v in rows.items()}
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_inputs_are_not_mutated(case: Case):
+    obj, model = case.make(0), _model()
+    case.feed(obj, model, WINDOWS[0])
+    model.zero_grad(set_to_none=True)
+    rows = WINDOWS[1]
+    rows_before = _copy_rows(rows)
+    weights_before = copy.deepcopy(model.state_dict())
+    if case.is_strategy:  # the hooks themselves, without an optimizer step
+        batch = to_tensors(rows, CPU)
+        batch_before = {k: v.clone() for k, v in batch.items()}
+        obj.before_window(model, rows)
+        obj.replay_rows(10)
+        obj.penalty(batch, model(batch), model)
+        obj.after_window(model, rows)
+        _assert_same(batch, batch_before)
+        _assert_same(model.state_dict(), weights_before)
+        assert all(p.grad is None for p in model.parameters()), "a hook left gradients behind"
+    else:
+        obj.add(rows)
+        sample = obj.sample(8)
+        sample["label"][:] = -1  # the caller owns what it got: the buffer must not change
+        assert (obj.rows()["label"] >= 0).all()
+    _assert_same(rows, rows_before)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_same_seed_same_result(case: Case):
+    a, b = case.make(3), case.make(3)
+    model_a, model_b = _model(), _model()
+    for rows in WINDOWS[:2]:
+        case.feed(a, model_a, rows)
+        case.feed(b, model_b, rows)
+    _assert_same(case.state(a), case.state(b))
+    _assert_same(case.probe(a, model_a, WINDOWS[2]), case.probe(b, model_b, WINDOWS[2]))
+    _assert_same(model_a.state_dict(), model_b.state_dict())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("empty", [EMPTY, {}], ids=["zero-rows", "no-keys"])
+def test_empty_window_is_a_noop(case: Case, empty: dict[str, np.ndarray]):
+    a, b = case.make(1), case.make(1)
+    model_a, model_b = _model(), _model()
+    case.feed(a, model_a, WINDOWS[0])
+    case.feed(b, model_b, WINDOWS[0])
+    if case.is_strategy and not empty:
+        a.before_window(model_a, empty)  # no rows, no keys: the hooks alone
+        a.after_window(model_a, empty)
+    else:
+        case.feed(a, model_a, empty)
+    _assert_same(case.state(a), case.state(b))
+    _assert_same(model_a.state_dict(), model_b.state_dict())
+    _assert_same(case.probe(a, model_a, WINDOWS[1]), case.probe(b, model_b, WINDOWS[1]))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_state_round_trip_keeps_behaviour(case: Case, tmp_path):
+    a, model = case.make(2), _model()
+    case.feed(a, model, WINDOWS[0])
+    arrays, tensors = partition_state(a.state_dict())
+    assert all(v.dtype != object for v in arrays.values())
+    np.savez(tmp_path / "state.npz", **arrays)
+    torch.save(tensors, tmp_path / "state.pt")
+    with np.load(tmp_path / "state.npz", allow_pickle=False) as data:
+        loaded: dict[str, Any] = {k: data[k] for k in data.files}
+    loaded.update(torch.load(tmp_path / "state.pt", weights_only=True))
+
+    b = case.make(77)  # a different seed: everything that matters must come from the state
+    b.load_state_dict(loaded)
+    _assert_same(case.state(a), case.state(b))
+    model_a, model_b = copy.deepcopy(model), copy.deepcopy(model)
+    case.feed(a, model_a, WINDOWS[1])
+    case.feed(b, model_b, WINDOWS[1])
+    _assert_same(model_a.state_dict(), model_b.state_dict())
+    _assert_same(case.state(a), case.state(b))
+    _assert_same(case.probe(a, model_a, WINDOWS[2]), case.probe(b, model_b, WINDOWS[2]))
+
+
+@pytest.mark.parametrize("case", STRATEGY_CASES, ids=lambda c: c.name)
+def test_penalty_is_finite_and_nonnegative(case: Case):
+    obj, model = case.make(0), _model()
+    batch = to_tensors(WINDOWS[0], CPU)
+    assert float(obj.penalty(batch, model(batch), model)) == 0.0  # nothing learned yet
+    for rows in WINDOWS[:2]:
+        case.feed(obj, model, rows)
+        value = case.probe(obj, model, WINDOWS[2])["penalty"]
+        assert np.isfinite(value) and value >= 0.0
+    empty = to_tensors(EMPTY, CPU)
+    value = obj.penalty(empty, model(empty), model)
+    value = value.detach()
+    assert value.dim() == 0 and torch.isfinite(value) and float(value) >= 0.0
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_unseen_ids_do_not_crash(case: Case):
+    obj, model = case.make(0), _model()
+    case.feed(obj, model, WINDOWS[0])
+    unseen = _unseen_window()
+    out = case.probe(obj, model, unseen)
+    case.feed(obj, model, unseen)
+    out2 = case.probe(obj, model, WINDOWS[1])
+    for result in (out, out2):
+        if "penalty" in result:
+            assert np.isfinite(result["penalty"]) and result["penalty"] >= 0.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_every_strategy_kind_and_buffer_is_covered():
+    from freshrank.learn.strategies import StrategyKind
+
+    kinds = {type(c.make(0)).__name__ for c in CASES}
+    assert {"FineTune", "Replay", "EWC", "LwF", "Combined"} <= kinds
+    assert {"ReservoirBuffer", "ClickBalancedBuffer"} <= kinds
+    built = {build_strategy(c).kind for c in (FineTuneConfig(), LwFConfig())}
+    assert built <= set(StrategyKind)
