@@ -1,4 +1,12 @@
-"""Land simulated event shards into a landing zone at a steady rate (``freshrank simulate``)."""
+"""Land simulated event shards into a landing zone at a steady rate (``freshrank simulate``).
+
+    ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- \\
+        python jobs/simulate.py --landing-path /data/landing --events-per-second 2000
+
+Runs until ``--duration-s``, ``--max-shards`` or ``ray job stop`` (SIGTERM), whichever comes
+first; then it marks the landing zone done and prints its stats as JSON. It needs no Ray.
+``python jobs/simulate.py --help`` explains every option.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""The long-lived incremental trainer (``freshrank train``)."""
+"""The long-lived incremental trainer (``freshrank train``), as a Ray job.
+
+    ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- \\
+        python jobs/train.py --landing /data/landing --registry /data/registry
+
+Inside ``ray job submit`` it joins the job's cluster ($RAY_ADDRESS); run directly it starts a
+local Ray on 127.0.0.1. ``python jobs/train.py --help`` explains every option. ``ray job stop``
+(SIGTERM) makes it finish and checkpoint the window it is on, then exit 0.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,439 @@
+"""Storage beyond one machine: a root path or URI on any pyarrow filesystem, and the few
+primitives the landing zone and the registry are built from.
+
+A location is a local path (``/data/fr``, ``.freshrank/run``), a ``file://`` URI, ``s3://bucket/
+prefix`` (AWS S3, or any S3-compatible store -- MinIO, Ceph, moto -- through
+``StorageOptions.s3_endpoint`` or ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``),
+``gs://bucket/prefix``, or anything else ``pyarrow.fs.FileSystem.from_uri`` knows (``hdfs://``,
+``abfs://``). Credentials come from the usual places (environment, instance or workload
+identity, ``~/.aws``), never from freshrank's configs.
+
+"Atomic enough": what readers can rely on
+-----------------------------------------
+
+Object stores have no rename and no exclusive create, so each primitive says what it promises
+on a local filesystem and on an object store; the landing zone and the registry are built so
+that these promises suffice.
+
+* ``write_atomic(name, data)`` -- local: temp file, fsync, ``rename`` over the name; object
+  store: one PUT (multipart uploads appear on completion). Either way readers see the old bytes
+  or the new ones, never a torn file; the last writer wins.
+* ``write_new(name, data)`` -- local: ``link`` of a temp file, which fails when the name exists
+  even when writers race. Object store: HEAD then PUT, **not exclusive**: two writers racing for
+  one name can both "win". Keep one writer per name space there (one producer per landing
+  prefix; the trainer lease for a registry).
+* ``publish_dir(files, target)`` -- local: files and marker in a temp directory, then one
+  ``rename``: the directory appears whole. Object store: the files first, the marker **last**;
+  a version exists once its marker does. Readers trust only marked directories; a crash leaves
+  unmarked files that readers ignore and a later publish of the same target overwrites.
+* ``list(prefix)`` -- a directory listing (local temp files hidden) or a prefix listing, which
+  is strongly consistent on S3 (since December 2020) and GCS: a completed write is listed.
+* ``move(src, dst)`` -- local: ``rename``, atomic. Object store: copy, then delete, **not
+  atomic**: a crash in between leaves the object in both places, so callers treat "in both" as
+  "moved" (the landing zone's quarantine does).
+* ``delete_dir(name)`` -- the marker goes first, then the files, so readers never trust a
+  half-deleted directory.
+
+Listing times are the store's modification times (S3: one-second resolution).
+
+Nothing here touches the filesystem or the network when imported, and ``Storage`` creates
+nothing until the first write.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+COMMIT_MARKER = "_COMMITTED"
+"""Default marker file of :meth:`Storage.publish_dir`: written last, its presence publishes."""
+
+TMP_PREFIX = ".tmp-"
+"""Names of in-flight local writes; :meth:`Storage.list` never shows them."""
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How to reach a store (only what a URI cannot say)."""
+
+    s3_endpoint: str | None = None
+    """S3-compatible endpoint, e.g. ``http://127.0.0.1:9000``; None: ``$AWS_ENDPOINT_URL_S3``,
+    ``$AWS_ENDPOINT_URL``, else AWS itself."""
+    s3_region: str | None = None
+    """S3 region; None: the SDK's default (``$AWS_DEFAULT_REGION``...), or ``us-east-1`` with an
+    endpoint override (S3-compatible stores ignore it)."""
+
+    def __post_init__(self) -> None:
+        if self.s3_endpoint is not None:
+            parsed = urlparse(self.s3_endpoint)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError(
+                    f"s3_endpoint must look like http://host:port or https://host, got "
+                    f"{self.s3_endpoint!r}"
+                )
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One entry of :meth:`Storage.list`: its name under the listed prefix, full path in the
+    filesystem, size in bytes (0 for directories), modification time (unix seconds, None for
+    directories of object stores) and whether it is a directory (a common prefix)."""
+
+    name: str
+    path: str
+    size: int
+    mtime: float | None
+    is_dir: bool
+
+
+def resolve(
+    location: str | os.PathLike[str], options: StorageOptions | None = None
+) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of ``location`` and the path inside it (no trailing slash).
+
+    Nothing is contacted: S3 filesystems are built from the options and the environment, not by
+    asking AWS for the bucket's region.
+
+    >>> fs, path = resolve("file:///data/fr/landing")
+    >>> fs.type_name, path
+    ('local', '/data/fr/landing')
+    >>> fs, path = resolve("s3://bucket/fr/", StorageOptions(s3_endpoint="http://127.0.0.1:9000"))
+    >>> fs.type_name, path
+    ('s3', 'bucket/fr')
+    """
+    options = options or StorageOptions()
+    text = os.fspath(location)
+    if not text:
+        raise ValueError("storage location must be a non-empty path or URI")
+    scheme = urlparse(text).scheme
+    if not scheme or len(scheme) == 1:  # a plain path (or a Windows drive letter)
+        return pafs.LocalFileSystem(), os.path.abspath(text)
+    if scheme == "s3" and "?" not in text:
+        parsed = urlparse(text)
+        if not parsed.netloc:
+            raise ValueError(f"S3 URI needs a bucket: s3://bucket/prefix, got {text!r}")
+        path = (parsed.netloc + parsed.path).rstrip("/")
+        return _s3_filesystem(options), path
+    fs, path = pafs.FileSystem.from_uri(text)
+    return fs, path.rstrip("/") or path
+
+
+def _s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
+    endpoint = (
+        options.s3_endpoint
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    kwargs: dict[str, Any] = {}
+    if options.s3_region:
+        kwargs["region"] = options.s3_region
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+        kwargs.setdefault("region", "us-east-1")
+    return pafs.S3FileSystem(**kwargs)
+
+
+class Storage:
+    """A root directory (local) or prefix (object store) and the primitives under it.
+
+    Names passed to the methods are relative to the root, with ``/`` between parts (``"CHAMPION"``,
+    ``"versions/v000003"``); ``..`` and absolute names are refused. See the module docstring for
+    what each primitive guarantees where.
+    """
+
+    def __init__(
+        self, location: str | os.PathLike[str], options: StorageOptions | None = None
+    ) -> None:
+        self.options = options or StorageOptions()
+        self.fs, self.root = resolve(location, self.options)
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    @classmethod
+    def _bound(cls, fs: pafs.FileSystem, root: str, options: StorageOptions) -> Storage:
+        self = cls.__new__(cls)
+        self.options, self.fs, self.root = options, fs, root
+        self.is_local = isinstance(fs, pafs.LocalFileSystem)
+        return self
+
+    def __repr__(self) -> str:
+        return f"Storage({self.uri!r})"
+
+    @property
+    def uri(self) -> str:
+        """The root as a path (local) or URI (``s3://bucket/prefix``)."""
+        if self.is_local:
+            return self.root
+        scheme = {"s3": "s3", "gcs": "gs"}.get(self.fs.type_name, self.fs.type_name)
+        return f"{scheme}://{self.root}"
+
+    def path(self, name: str = "") -> str:
+        """The full filesystem path of ``name`` (for pyarrow readers: ``filesystem=self.fs``)."""
+        if not name:
+            return self.root
+        if name.startswith("/") or "\\" in name:
+            raise ValueError(f"storage names are relative, with '/' between parts: {name!r}")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise ValueError(f"storage names may not contain '..': {name!r}")
+        return posixpath.join(self.root, *parts) if parts else self.root
+
+    def child(self, name: str) -> Storage:
+        """The storage rooted at ``name`` under this one (same filesystem and options)."""
+        return Storage._bound(self.fs, self.path(name), self.options)
+
+    # ----------------------------------------------------------------------------------- writing
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        """Replace ``name`` with ``data``; readers see the old bytes or the new, never part."""
+        path = self.path(name)
+        if self.is_local:
+            _local_write(path, data, replace=True)
+        else:
+            with self.fs.open_output_stream(path) as out:
+                out.write(data)
+
+    def write_new(self, name: str, data: bytes) -> None:
+        """Create ``name`` holding ``data``; ``FileExistsError`` when it exists.
+
+        Exclusive on a local filesystem (``link``); check-then-put on object stores, so keep one
+        writer per name space there (see the module docstring).
+        """
+        path = self.path(name)
+        if self.is_local:
+            _local_write(path, data, replace=False)
+            return
+        if self._info(path).type != pafs.FileType.NotFound:
+            raise FileExistsError(f"{self.uri}/{name} exists")
+        with self.fs.open_output_stream(path) as out:
+            out.write(data)
+
+    def publish_dir(
+        self, files: Mapping[str, bytes], target: str, marker: str = COMMIT_MARKER
+    ) -> None:
+        """Publish ``files`` (name -> bytes) as directory ``target``, with ``marker`` last.
+
+        ``marker`` may be one of ``files`` (e.g. a manifest, written last with its bytes) or a
+        separate name (written last, empty). Raises ``FileExistsError`` when ``target`` is
+        already published (locally: when it exists at all). File names are single path parts.
+        """
+        for name in (*files, marker):
+            if not name or "/" in name or name in (".", "..") or name.startswith(TMP_PREFIX):
+                raise ValueError(f"bad file name {name!r} for publish_dir")
+        ordered = [(n, d) for n, d in files.items() if n != marker]
+        ordered.append((marker, files.get(marker, b"")))
+        final = self.path(target)
+        if self.is_local:
+            _local_publish_dir(final, ordered)
+            return
+        if self._info(posixpath.join(final, marker)).type != pafs.FileType.NotFound:
+            raise FileExistsError(f"{self.uri}/{target} is already published")
+        for name, data in ordered:  # the marker is the last PUT
+            with self.fs.open_output_stream(posixpath.join(final, name)) as out:
+                out.write(data)
+
+    def is_published(self, target: str, marker: str = COMMIT_MARKER) -> bool:
+        """Whether ``target`` was published by :meth:`publish_dir` (its marker exists)."""
+        return self.exists(posixpath.join(target, marker))
+
+    def published(self, prefix: str = "", marker: str = COMMIT_MARKER) -> list[str]:
+        """Names of the published directories directly under ``prefix``, sorted."""
+        return [
+            entry.name
+            for entry in self.list(prefix)
+            if entry.is_dir and self.is_published(posixpath.join(prefix, entry.name), marker)
+        ]
+
+    # ----------------------------------------------------------------------------------- reading
+
+    def list(self, prefix: str = "", include_temp: bool = False) -> list[StoredFile]:
+        """Entries directly under ``prefix``, sorted by name; ``[]`` when there is none.
+
+        Local temp files and directories (``.tmp-*``, writes in flight) are left out unless
+        ``include_temp`` (for cleaning up after crashed writers).
+        """
+        base = self.path(prefix)
+        selector = pafs.FileSelector(base, recursive=False, allow_not_found=True)
+        try:
+            infos = self.fs.get_file_info(selector)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        out = []
+        for info in infos:
+            name = info.base_name
+            if not name or (name.startswith(TMP_PREFIX) and not include_temp):
+                continue
+            out.append(_stored_file(info))
+        out.sort(key=lambda e: e.name)
+        return out
+
+    def stat(self, name: str) -> StoredFile:
+        """Size and modification time of ``name``; ``FileNotFoundError`` when it does not exist."""
+        info = self._info(self.path(name))
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{self.uri}/{name} does not exist")
+        return _stored_file(info)
+
+    def read(self, name: str) -> bytes:
+        """The bytes of ``name``; ``FileNotFoundError`` when it does not exist."""
+        path = self.path(name)
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                return bytes(stream.read())
+        except FileNotFoundError:
+            raise
+        except OSError as exc:  # some stores raise a plain OSError for a missing key
+            if self._info(path).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"{self.uri}/{name} does not exist") from exc
+            raise
+
+    def open_input(self, name: str) -> Any:
+        """A random-access pyarrow file for ``name`` (e.g. for ``pyarrow.parquet.read_table``)."""
+        return self.fs.open_input_file(self.path(name))
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` exists (a file, or a directory / non-empty prefix)."""
+        return self._info(self.path(name)).type != pafs.FileType.NotFound
+
+    def size(self, name: str) -> int:
+        """Size of file ``name`` in bytes; ``FileNotFoundError`` when it does not exist."""
+        info = self._info(self.path(name))
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(f"{self.uri}/{name} is not a file")
+        return int(info.size or 0)
+
+    # ------------------------------------------------------------------------ moving, deleting
+
+    def move(self, src: str, dst: str) -> None:
+        """Move file ``src`` to ``dst`` (e.g. into a quarantine).
+
+        ``FileNotFoundError`` when ``src`` is missing, ``FileExistsError`` when ``dst`` exists.
+        Atomic locally (``rename``); copy then delete on object stores, so a crash can leave the
+        file in both places (see the module docstring).
+        """
+        src_path, dst_path = self.path(src), self.path(dst)
+        if self._info(dst_path).type != pafs.FileType.NotFound:
+            raise FileExistsError(f"{self.uri}/{dst} exists")
+        if self.is_local:
+            os.makedirs(os.path.dirname(dst_path), exist_ok=True)
+            os.rename(src_path, dst_path)  # raises FileNotFoundError when src is gone
+            _fsync_dir(os.path.dirname(dst_path))
+            _fsync_dir(os.path.dirname(src_path))
+            return
+        if self._info(src_path).type != pafs.FileType.File:
+            raise FileNotFoundError(f"{self.uri}/{src} does not exist")
+        self.fs.copy_file(src_path, dst_path)
+        self.fs.delete_file(src_path)
+
+    def delete(self, name: str, missing_ok: bool = True) -> None:
+        """Delete file ``name`` (a missing one is fine unless ``missing_ok`` is False)."""
+        path = self.path(name)
+        try:
+            self.fs.delete_file(path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+        except OSError:
+            if self._info(path).type != pafs.FileType.NotFound or not missing_ok:
+                raise
+
+    def delete_dir(self, name: str, marker: str | None = COMMIT_MARKER) -> None:
+        """Delete directory ``name`` and everything in it (missing is fine).
+
+        With a ``marker``, the marker goes first, so readers stop trusting the directory before
+        any of its files disappear.
+        """
+        path = self.path(name)
+        if self._info(path).type == pafs.FileType.NotFound:
+            return
+        if marker is not None:
+            self.delete(posixpath.join(name, marker))
+        self.fs.delete_dir(path)
+
+    def _info(self, path: str) -> pafs.FileInfo:
+        return self.fs.get_file_info(path)
+
+
+def _stored_file(info: pafs.FileInfo) -> StoredFile:
+    is_dir = info.type == pafs.FileType.Directory
+    mtime_ns = info.mtime_ns
+    return StoredFile(
+        name=info.base_name,
+        path=info.path,
+        size=0 if is_dir else int(info.size or 0),
+        mtime=None if mtime_ns is None else mtime_ns / 1e9,
+        is_dir=is_dir,
+    )
+
+
+# --------------------------------------------------------------------------------- local helpers
+
+
+def _local_write(path: str, data: bytes, replace: bool) -> None:
+    """Temp file in the same directory, fsync, then rename over (replace) or link (exclusive)."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # FileExistsError when the name is taken
+        _fsync_dir(directory)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _local_publish_dir(final: str, ordered: list[tuple[str, bytes]]) -> None:
+    parent = os.path.dirname(final)
+    if os.path.lexists(final):
+        raise FileExistsError(f"{final} exists")
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+    os.mkdir(tmp)
+    try:
+        for name, data in ordered:
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:  # ENOTEMPTY / EEXIST: another writer published it first
+            if os.path.lexists(final):
+                raise FileExistsError(f"{final} exists") from exc
+            raise
+        _fsync_dir(parent)
+    finally:
+        if os.path.isdir(tmp):
+            for name in os.listdir(tmp):
+                os.unlink(os.path.join(tmp, name))
+            os.rmdir(tmp)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a directory's entries durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
