@@ -978,10 +978,13 @@ def arms_from_names(
     lwf: LwFConfig | None = None,
 ) -> tuple[Arm, ...]:
     """Arms from short names; ``replay`` / ``ewc`` / ``lwf`` carry the tunables every arm with
-    that part uses (the buffer kind and EWC mode still come from the name).
+    that part uses (the buffer kind and EWC mode still come from the name). A ``:N`` suffix gives
+    the arm its own number of passes per update (``lwf:3``).
 
     >>> [a.name for a in arms_from_names(["finetune", "replay+lwf", "sliding"], window=2)]
     ['finetune', 'replay+lwf', 'sliding-2']
+    >>> arms_from_names(["lwf:3"])[0].epochs
+    3
     """
     replay, ewc, lwf = replay or ReplayConfig(), ewc or EWCConfig(), lwf or LwFConfig()
 
@@ -995,21 +998,26 @@ def arms_from_names(
         return part
 
     arms = []
-    for name in names:
-        name = name.strip().lower()
+    for full in names:
+        full = full.strip().lower()
+        name, _, passes = full.partition(":")
+        epochs = int(passes) if passes else None
+        suffix = f":{epochs}" if epochs else ""
         if name == "static":
-            arms.append(Arm("static", Schedule.STATIC))
+            arms.append(Arm("static" + suffix, Schedule.STATIC, epochs=epochs))
         elif name == "joint":
-            arms.append(Arm("joint", Schedule.JOINT))
+            arms.append(Arm("joint" + suffix, Schedule.JOINT, epochs=epochs))
         elif name.startswith("sliding"):
-            arms.append(Arm(f"sliding-{window}", Schedule.SLIDING, window=window))
+            arms.append(
+                Arm(f"sliding-{window}{suffix}", Schedule.SLIDING, window=window, epochs=epochs)
+            )
         else:
             strategy = parse_strategy(name)
             if isinstance(strategy, CombinedConfig):
                 strategy = CombinedConfig(tuple(tuned(p) for p in strategy.parts))  # type: ignore[arg-type]
             else:
                 strategy = tuned(strategy)
-            arms.append(Arm(name, strategy=strategy))
+            arms.append(Arm(name + suffix, strategy=strategy, epochs=epochs))
     return tuple(arms)
 
 
