@@ -230,7 +230,12 @@ def test_prometheus_serves_freshrank_series_from_ray(prometheus):
     assert surprise == pytest.approx(entry["value"], rel=1e-6)
     js = prometheus.query(f"freshrank_drift_js{{{mine}}}")
     assert {s["metric"]["feature"] for s in js} == {"category", "brand", "device", "query", "item"}
-    score = prometheus.scalar(f'max(freshrank_score_psi{{{mine},source="trainer"}})')
+    query = f'max(freshrank_score_psi{{{mine},source="trainer"}})'
+    deadline = time.monotonic() + 30  # the gauge may miss one scrape: poll, don't fail
+    score = prometheus.scalar(query)
+    while score is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        score = prometheus.scalar(query)
     (score_entry,) = [e for e in report["entries"] if e["feature"] == "score"]
     assert score == pytest.approx(score_entry["value"], rel=1e-6)
 
