@@ -99,7 +99,7 @@ def diginetica_config(args: argparse.Namespace) -> BacktestConfig:
             window=3,
             replay=ReplayConfig(capacity=args.replay_capacity, mix_ratio=args.replay_ratio),
             ewc=EWCConfig(lam=args.ewc_lambda),
-            lwf=LwFConfig(alpha=args.lwf_alpha, temperature=2.0),
+            lwf=LwFConfig(alpha=args.lwf_alpha, temperature=args.lwf_temperature),
         ),
         model=RankerConfig(features=DG_FEATURES),
         batch_size=1024,
@@ -127,7 +127,7 @@ def simulator_config(args: argparse.Namespace) -> BacktestConfig:
             window=3,
             replay=ReplayConfig(capacity=args.replay_capacity, mix_ratio=args.replay_ratio),
             ewc=EWCConfig(lam=args.ewc_lambda),
-            lwf=LwFConfig(alpha=args.lwf_alpha),
+            lwf=LwFConfig(alpha=args.lwf_alpha, temperature=args.lwf_temperature),
         ),
         model=RankerConfig(),  # the production default
         batch_size=512,
@@ -154,6 +154,10 @@ def run_diginetica(args: argparse.Namespace) -> str | None:
     report = run_backtest(config)
     wall = time.perf_counter() - t0
     print(report.markdown())
+    names = {a.name for a in report.arms}
+    if not {"finetune", "joint"} <= names:
+        print("[bench_backtest] no gap analysis: it needs the finetune and joint arms")
+        return report.markdown() + "\n\n" + report.item_age_markdown()
     return _diginetica_body(report, config, wall, args)
 
 
@@ -206,6 +210,12 @@ def _diginetica_body(
         f"**Goal** (≥ 100% of the gap at ≤ {EVENTS_GOAL:.0%} of joint's events): best "
         f"incremental strategy `{best[1]}` closes {_pct(best[0])} of the Recall@20 gap at "
         f"{best[2]:.1%} of joint's events — goal {'met' if best[3] else 'not met'}.",
+        "",
+        "New items: Recall@20 of test clicks by when their item first appeared in a training "
+        "table — in the last update window (new), earlier (older), never (unseen); pooled over "
+        "the tested periods.",
+        "",
+        report.item_age_markdown(),
     ]
     return "\n".join(lines)
 
@@ -440,6 +450,7 @@ def main() -> None:
     parser.add_argument("--replay-ratio", type=float, default=ReplayConfig.mix_ratio)
     parser.add_argument("--ewc-lambda", type=float, default=EWCConfig.lam)
     parser.add_argument("--lwf-alpha", type=float, default=LwFConfig.alpha)
+    parser.add_argument("--lwf-temperature", type=float, default=LwFConfig.temperature)
     parser.add_argument(
         "--epochs",
         type=int,
@@ -464,7 +475,7 @@ def main() -> None:
         if body is None:
             continue
         print(f"\n### {titles[part]}\n\n{body}\n")
-        if args.write and not args.quick:
+        if args.write and not args.quick and not (part == "diginetica" and args.arms):
             sys.path.insert(0, str(Path(__file__).parent))
             from _results import write_section
 
