@@ -6,7 +6,8 @@ import pytest
 from freshrank.events.landing import LandingZone
 from freshrank.events.produce import ProducerConfig, run_producer
 from freshrank.learn import TrainConfig, run_training
-from freshrank.learn.train import _replay_part
+from freshrank.learn.train import _strategy_part
+from freshrank.monitor.drift import DriftMonitor
 from freshrank.registry import Registry, load_latest_or_init
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,8 @@ def test_two_workers_train_every_valid_event_once_and_resume(ray_local, tmp_path
         num_workers=2,
         max_shards_per_window=2,
         replay_capacity=500,
+        strategy="replay+lwf",
+        gate_min_rows=100,
     )
     first = run_training(config)
 
@@ -42,18 +45,47 @@ def test_two_workers_train_every_valid_event_once_and_resume(ray_local, tmp_path
     assert first.events_trained == produced.valid_events == 5 * 990
     assert len(LandingZone(landing).quarantined()) == produced.bad_shards_written == 2
     assert sum(m["rows_dropped"] for m in manifests) == 5 * 10
-    assert first.champion == reg.latest_version() == len(manifests)
     for m in manifests:
         assert np.isfinite(m["metrics"]["loss"]) and m["world_size"] == 2
+        assert set(m["stage_times"]) == {"read_at", "trained_at"}
+        assert m["stage_times"]["read_at"] <= m["stage_times"]["trained_at"] <= m["created_at"]
+        assert min(m["shard_landed_at"].values()) <= m["stage_times"]["read_at"]
+    # Prequential ranking metrics: every window's requests hold clicks and non-clicks.
+    assert all(0.0 <= m["metrics"]["eval_gauc"] <= 1.0 for m in manifests)
+    assert all(0.0 < m["metrics"]["eval_ndcg10"] <= 1.0 for m in manifests)
+
+    # The gate: v1 is promoted on finite metrics (no champion yet); every later version but the
+    # last is judged against the champion on the next window's rows, before training on them;
+    # the last waits for fresh rows (pending in the trainer status).
+    events = reg.promotions()
+    judged = {e["to_version"]: e for e in events}
+    versions = reg.list_versions()
+    assert events[0]["kind"] == "promoted" and events[0]["to_version"] == versions[0]
+    assert sorted(judged) == versions[:-1]
+    for v in versions[1:-1]:
+        e = judged[v]
+        assert e["kind"] in ("promoted", "rejected")
+        assert e["challenger_metrics"]["rows"] == reg.get(v + 1).manifest["window_events"]
+        assert set(e["champion_metrics"]) >= {"auc", "logloss", "rows"}
+    assert reg.trainer_status()["pending"] == versions[-1]
+    assert first.champion == max(v for v, e in judged.items() if e["kind"] == "promoted")
+
+    # Drift: every version carries the monitor's reference, grown by each window it trained.
+    refs = [DriftMonitor.from_state(reg.load_npz(reg.verify(v), "drift.npz")) for v in versions]
+    rows = [r.reference.rows for r in refs]
+    assert rows[0] == manifests[0]["window_events"] and rows == sorted(rows)
     assert manifests[-1]["cursor"] == max(
         good + [q[0] for m in manifests for q in m["quarantined"]]
     )
 
-    # The replay buffer is checkpointed per rank, with every rank's rows.
+    # The strategy state (replay rows, LwF's window count) is checkpointed per rank; resharded
+    # onto one worker, it holds every rank's rows.
     state = load_latest_or_init(reg)
-    parts = [_replay_part(state.replay_state, r, 2) for r in range(2)]
-    held = sum(len(p["rows/label"]) for p in parts)
-    assert held == 2 * 500
+    parts = [_strategy_part(state.replay_state, r, 2) for r in range(2)]
+    assert [len(p["0.replay/rows/label"]) for p in parts] == [500, 500]
+    # Rank 0 had rows in every window (a one-shard window goes to rank 0).
+    assert int(parts[0]["1.lwf/meta/windows"]) == len(manifests)
+    assert len(_strategy_part(state.replay_state, 0, 1)["0.replay/rows/label"]) == 1000
 
     # More shards land; a new fit resumes from the checkpointed cursor and trains only those.
     more = run_producer(

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+from freshrank.learn.strategies import (
+    CombinedConfig,
+    ReplayConfig,
+    StrategyConfig,
+    parse_strategy,
+)
 from freshrank.model.config import RankerConfig
+
+PROMOTION_MODES: tuple[str, ...] = ("gate", "finite", "manual")
+"""How the trainer promotes the versions it writes (see ``TrainConfig.promotion``)."""
 
 
 @dataclass(frozen=True)
@@ -26,10 +36,23 @@ class TrainConfig:
     batch_size: int = 512
     """New rows per worker per step; replay rows come on top (``replay_ratio`` of them)."""
     learning_rate: float = 3e-3
+    strategy: str = "replay"
+    """Continual-learning strategy: finetune, replay, replay-balanced, ewc, ewc-separate, lwf,
+    or parts joined with '+' (e.g. replay+lwf); replay parts take replay_capacity/replay_ratio."""
     replay_capacity: int = 50_000
-    """Rows each worker keeps in its reservoir replay buffer (0 disables replay)."""
+    """Rows each worker keeps in its replay buffer (0 disables replay)."""
     replay_ratio: float = 0.5
     """Replay rows mixed into each step, as a fraction of its new rows."""
+    promotion: str = "gate"
+    """gate: promote a version only if it is not worse than the champion on the next window's
+    rows (scored before either trained on them); finite: promote every version whose window
+    metrics are finite; manual: never promote (use `freshrank registry promote`)."""
+    gate_min_rows: int = 200
+    """Fewest fresh rows the gate compares on; a smaller next window leaves the version
+    unjudged (the following version supersedes it)."""
+    drift: bool = True
+    """Sketch every window, judge feature/score/CTR drift against the training reference and
+    store the reference with each version (drift.npz) for the Serve replicas."""
     max_shards_per_window: int = 16
     """Most shards in one window: a backlog is caught up in bigger windows (fewer fixed costs)."""
     poll_interval_s: float = 0.2
@@ -61,5 +84,35 @@ class TrainConfig:
             raise ValueError(
                 f"max_shards_per_window must be >= 1, got {self.max_shards_per_window}"
             )
+        if self.promotion not in PROMOTION_MODES:
+            raise ValueError(
+                f"promotion must be one of {', '.join(PROMOTION_MODES)}, got {self.promotion!r}"
+            )
+        if self.gate_min_rows < 1:
+            raise ValueError(f"gate_min_rows must be >= 1, got {self.gate_min_rows}")
+        self.strategy_config()  # raises ValueError naming the known strategies
         if self.max_windows is not None and self.max_windows < 1:
             raise ValueError(f"max_windows must be >= 1 or None, got {self.max_windows}")
+
+    def strategy_config(self) -> StrategyConfig:
+        """The typed strategy config: ``strategy`` parsed, replay parts sized by this config.
+
+        >>> TrainConfig("l", "r", strategy="replay+lwf", replay_capacity=10).strategy_config()
+        ... # doctest: +ELLIPSIS
+        CombinedConfig(parts=(ReplayConfig(capacity=10, mix_ratio=0.5, ...), LwFConfig(...)))
+        """
+        parsed = parse_strategy(self.strategy)
+
+        def sized(part: StrategyConfig) -> StrategyConfig:
+            if isinstance(part, ReplayConfig):
+                return dataclasses.replace(
+                    part,
+                    capacity=self.replay_capacity,
+                    mix_ratio=self.replay_ratio,
+                    seed=self.seed,
+                )
+            return part
+
+        if isinstance(parsed, CombinedConfig):
+            return CombinedConfig(tuple(sized(p) for p in parsed.parts))  # type: ignore[misc]
+        return sized(parsed)

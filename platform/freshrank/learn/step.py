@@ -17,6 +17,7 @@ Evaluation (:func:`score_rows`) comes before training in both, which makes it pr
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -48,6 +49,8 @@ class WindowResult:
     replay_rows: int
     task_loss_sum: float
     penalty_sum: float
+    compute_s: float = 0.0
+    """Seconds in forward, backward and the optimizer step (DDP's all-reduce included)."""
 
     @property
     def rows(self) -> int:
@@ -115,7 +118,7 @@ def train_window(
     strategy.before_window(core, rows)
     model.train()
     new_rows = replay_rows = 0
-    loss_sum = penalty_sum = 0.0
+    loss_sum = penalty_sum = compute_s = 0.0
     order = rng.permutation(n)
     for step in range(total):
         k = step % per_epoch if per_epoch else 0
@@ -127,15 +130,16 @@ def train_window(
         batch = concat_inputs([new, old]) if old else new
         n_batch = num_rows(batch)
         n_global = reduce_sum(float(n_batch)) if reduce_sum is not None else float(n_batch)
-        result = train_step(
-            model, optimizer, to_tensors(batch, device), strategy, world / max(n_global, 1.0)
-        )
+        tensors = to_tensors(batch, device)
+        c0 = time.perf_counter()
+        result = train_step(model, optimizer, tensors, strategy, world / max(n_global, 1.0))
+        compute_s += time.perf_counter() - c0
         new_rows += n_new
         replay_rows += n_batch - n_new
         loss_sum += result.task_loss_sum
         penalty_sum += result.penalty
     strategy.after_window(core, rows)
-    return WindowResult(total, new_rows, replay_rows, loss_sum, penalty_sum)
+    return WindowResult(total, new_rows, replay_rows, loss_sum, penalty_sum, compute_s)
 
 
 def score_rows(

@@ -14,37 +14,44 @@ or job resumes exactly after the last checkpointed window.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from freshrank.events.landing import LandingZone
 from freshrank.events.schema import drop_invalid_rows, empty_events
-from freshrank.features.encode import FeatureConfig, concat_inputs, encode, num_rows, slice_inputs
+from freshrank.features.encode import FeatureConfig, concat_inputs, encode, num_rows
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.control import FencedOut, TrainerControl
 from freshrank.learn.evaluation import log_loss, roc_auc
 from freshrank.learn.feed import ShardFeed, ShardPlan, Window
-from freshrank.learn.replay import ReservoirBuffer
-from freshrank.model.device import backend_for, pick_device, to_tensors
+from freshrank.learn.ranking_metrics import ranking_report
+from freshrank.learn.step import score_rows, train_window
+from freshrank.learn.strategies import Strategy, build_strategy, reshard_state
+from freshrank.model.device import backend_for, pick_device
 from freshrank.model.ranker import Ranker
+from freshrank.monitor.drift import DriftMonitor, WindowSketch, state_npz_bytes
 from freshrank.registry.checkpoint import (
+    DRIFT_FILE,
     TrainingState,
     load_latest_or_init,
+    load_serving_model,
+    metrics_are_finite,
     promote_if_finite,
     save_checkpoint,
 )
-from freshrank.registry.store import Registry
+from freshrank.registry.gate import GateConfig, Promoter, PromotionOutcome, metrics_from_logits
+from freshrank.registry.store import CorruptVersion, Registry, VersionInfo
 
 
 @dataclass(frozen=True)
@@ -144,9 +151,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     if state is not None and state.optimizer_state is not None:
         optimizer.load_state_dict(state.optimizer_state)
-    buffer = ReservoirBuffer(config.replay_capacity, seed=config.seed * 7919 + rank)
+    strategy = build_strategy(config.strategy_config(), rank)
     if state is not None:
-        buffer.load_state_dict(_replay_part(state.replay_state, rank, world))
+        strategy.load_state_dict(_strategy_part(state.replay_state, rank, world))
 
     landing = LandingZone(config.landing)
     feed = ShardFeed(
@@ -156,9 +163,14 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         gap_timeout_s=config.gap_timeout_s,
     )
     metrics = default_metrics() if rank == 0 else NullMetrics()
+    drift = _drift_monitor(state, metrics) if config.drift else None
     progress = _Progress.from_state(state)
     control = TrainerControl(config.registry)
     epoch = control.claim() if rank == 0 else ""
+    promoter = Promoter(registry, GateConfig(min_rows=config.gate_min_rows), metrics=metrics)
+    gate = _GateJudge(registry, promoter, control, epoch, config.gate_min_rows, metrics)
+    pending = _pending_challenger(registry, progress) if config.promotion == "gate" else None
+    champion_scorer = _ChampionScorer(registry, device)
     fenced = False
     _warm_up_reader(model_config.features, registry, rank)
     _all_gather(None)  # every rank is ready
@@ -169,32 +181,59 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     rng = np.random.default_rng(config.seed * 104729 + rank + progress.windows)
 
     while True:
-        window = None
+        plan = None
         if rank == 0 and not fenced:
             window = _next_window(feed, landing, config, progress, metrics, control)
-        window = _broadcast(window)
-        if window is None:
+            if window is not None:
+                champion = registry.champion_version()
+                judged = pending if pending is not None and pending != champion else None
+                plan = _Plan(window, judged, champion)
+        plan = _broadcast(plan)
+        if plan is None:
             break
+
         report = _train_window(
-            window, model, core, optimizer, buffer, model_config.features, config, device, rng
+            plan,
+            model,
+            core,
+            optimizer,
+            strategy,
+            drift,
+            champion_scorer,
+            model_config.features,
+            config,
+            device,
+            rng,
+            functools.partial(gate.judge, plan)
+            if rank == 0 and plan.challenger is not None
+            else None,
         )
-        replay_parts = _all_gather(buffer.state_dict())
-        if rank == 0:
+        fenced = fenced or gate.fenced
+        if plan.challenger is not None:
+            pending = None  # judged now, or superseded by the version this window makes
+        strategy_parts = _all_gather(_numpy_state(strategy.state_dict()))
+        if rank == 0 and not fenced:
             try:
                 control.check(epoch)
             except FencedOut as exc:  # a newer trainer owns the registry: publish nothing more
                 print(f"[freshrank trainer] {exc}", flush=True)
                 fenced = True
             else:
-                _checkpoint_window(
-                    registry, window, report, core, optimizer, replay_parts, progress
+                info = _checkpoint_window(
+                    registry, plan.window, report, core, optimizer, strategy_parts, drift, progress
                 )
-                feed.commit(window)
-                _export_window_metrics(metrics, window, report, progress)
+                feed.commit(plan.window)
+                pending = _promote_new_version(registry, info, config, promoter, metrics)
+                _export_window_metrics(metrics, plan.window, report, progress)
         ray.train.report({"window": progress.windows, **report.metrics})
     if rank == 0 and not fenced:
         registry.write_trainer_status(
-            {"state": "stopped", "version": progress.version, "cursor": feed.cursor}
+            {
+                "state": "stopped",
+                "version": progress.version,
+                "cursor": feed.cursor,
+                "pending": pending,
+            }
         )
 
 
@@ -218,10 +257,137 @@ class _Progress:
 
 
 @dataclass(frozen=True)
+class _Plan:
+    """What rank 0 broadcasts per window: the window, and the version the gate judges on its
+    rows before anyone trains on them (with the champion it is compared against)."""
+
+    window: Window
+    challenger: int | None
+    champion: int | None
+
+
+@dataclass
 class _WindowReport:
     rows: int
     metrics: dict[str, float | None]
     timings: dict[str, float]
+    read_at: float
+    """Wall-clock time the window's rows were read (the landed_to_read stage ends here)."""
+    trained_at: float
+    drift_alarms: tuple[str, ...] = ()
+
+
+class _GateJudge:
+    """Rank 0's gate: after a window is scored and before anyone trains on it, judge the
+    previous version against the champion on those rows (fresh for both)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        promoter: Promoter,
+        control: TrainerControl,
+        epoch: str,
+        min_rows: int,
+        metrics: Any,
+    ) -> None:
+        self.registry, self.promoter, self.control = registry, promoter, control
+        self.epoch, self.min_rows, self.metrics = epoch, min_rows, metrics
+        self.fenced = False
+
+    def judge(
+        self, plan: _Plan, new: dict[str, Any], old: dict[str, Any] | None, notes: list[str]
+    ) -> None:
+        assert plan.challenger is not None
+        if new.get("rows", 0) < self.min_rows and plan.champion is not None:
+            print(
+                f"[freshrank trainer] v{plan.challenger} not judged: only "
+                f"{int(new.get('rows', 0))} fresh rows (gate_min_rows {self.min_rows}); "
+                "the next version supersedes it",
+                flush=True,
+            )
+            return
+        try:
+            self.control.check(self.epoch)
+        except FencedOut as exc:
+            print(f"[freshrank trainer] {exc}", flush=True)
+            self.fenced = True
+            return
+        result = self.promoter.decide(plan.challenger, new, old, plan.champion, notes)
+        print(
+            f"[freshrank trainer] gate: v{plan.challenger} {result.outcome.value} "
+            f"(champion v{plan.champion}): {'; '.join(result.reasons)}",
+            flush=True,
+        )
+        if result.outcome is PromotionOutcome.PROMOTED:
+            created = self.registry.get(plan.challenger).manifest.get("created_at")
+            if created is not None:
+                self.metrics.observe(
+                    "freshrank_stage_latency_seconds",
+                    time.time() - float(created),
+                    tags={"stage": "checkpointed_to_promoted"},
+                )
+
+
+def _pending_challenger(registry: Registry, progress: _Progress) -> int | None:
+    """After a restart: the latest version, if the gate never judged it (no promotion-log entry
+    names it) and it is not the champion. A version rolled back from is never re-judged."""
+    latest = progress.version
+    if latest is None or latest == registry.champion_version():
+        return None
+    for event in registry.promotions():
+        if latest in (event.get("to_version"), event.get("from_version")):
+            return None
+    return latest
+
+
+def _promote_new_version(
+    registry: Registry, info: Any, config: TrainConfig, promoter: Promoter, metrics: Any
+) -> int | None:
+    """Rank 0, right after checkpointing: promote now (``finite``, or the first version under
+    ``gate``), or return the version for the gate to judge on the next window's rows."""
+    if config.promotion == "manual":
+        return None
+    first = registry.champion_version() is None
+    if config.promotion == "finite" or first or not metrics_are_finite(info.manifest["metrics"]):
+        if promote_if_finite(registry, info):
+            outcome = "promoted"
+            metrics.observe(
+                "freshrank_stage_latency_seconds",
+                time.time() - float(info.manifest["created_at"]),
+                tags={"stage": "checkpointed_to_promoted"},
+            )
+        else:
+            outcome = "rejected"
+        metrics.inc("freshrank_promotions_total", tags={"outcome": outcome})
+        return None
+    return info.version
+
+
+class _ChampionScorer:
+    """Each rank's copy of the champion, for the gate: reloaded when the champion changes."""
+
+    def __init__(self, registry: Registry, device: torch.device) -> None:
+        self.registry = registry
+        self.device = device
+        self.version: int | None = None
+        self.model: Ranker | None = None
+
+    def logits(self, version: int, rows: Mapping[str, np.ndarray]) -> np.ndarray | str:
+        """Click logits of the champion on ``rows``, or why it could not be scored."""
+        if self.version != version:
+            try:
+                served = load_serving_model(self.registry, version)
+            except (CorruptVersion, KeyError, FileNotFoundError) as exc:
+                return f"champion v{version} cannot be loaded ({type(exc).__name__}: {exc})"
+            self.model, self.version = served.model.to(self.device), version
+        assert self.model is not None
+        return score_rows(self.model, rows, self.device, use_position=True)
+
+
+def _drift_monitor(state: TrainingState | None, metrics: Any) -> DriftMonitor:
+    if state is not None and state.drift_state is not None:
+        return DriftMonitor.from_state(state.drift_state, metrics=metrics)
+    return DriftMonitor(metrics=metrics)
 
 
 def _next_window(
@@ -259,59 +425,87 @@ def _next_window(
         time.sleep(config.poll_interval_s)
 
 
+Judge = Callable[[dict[str, Any], "dict[str, Any] | None", list[str]], None]
+
+
 def _train_window(
-    window: Window,
+    plan: _Plan,
     model: torch.nn.Module,
     core: Ranker,
     optimizer: torch.optim.Optimizer,
-    buffer: ReservoirBuffer,
+    strategy: Strategy,
+    drift: DriftMonitor | None,
+    champion_scorer: _ChampionScorer,
     features: FeatureConfig,
     config: TrainConfig,
     device: torch.device,
     rng: np.random.Generator,
+    judge: Judge | None,
 ) -> _WindowReport:
-    """One window on one worker: read, evaluate first, train, remember. Same on every rank."""
+    """One window on one worker: read, evaluate first (and judge the previous version on these
+    rows), train with the strategy, sketch for drift. Same collectives on every rank."""
     rank, world = _rank_world()
     t0 = time.perf_counter()
-    rows = _read_shards(_assign(window.shards, rank, world), features)
+    rows, requests = _read_shards(_assign(plan.window.shards, rank, world), features)
     n_local = num_rows(rows)
     counts = _all_gather(n_local)
+    read_at = time.time()
     t_read = time.perf_counter()
 
-    # Evaluate first (prequential): score the window before learning from it.
-    core.eval()
-    with torch.no_grad():
-        logits = core(to_tensors(rows, device)).cpu().numpy() if n_local else np.zeros(0)
-    gathered = _all_gather((rows["label"], logits))
+    # Evaluate first (prequential): score the window before learning from it. Click logits
+    # (position included, what the loss sees) and relevance (what serving ranks by).
+    click = score_rows(core, rows, device, use_position=True)
+    relevance = score_rows(core, rows, device, use_position=False)
+    champion: np.ndarray | str | None = None
+    if plan.challenger is not None and plan.champion is not None:
+        champion = champion_scorer.logits(plan.champion, rows)
+    gathered = _all_gather((rows["label"], click, relevance, requests, champion))
     labels_all = np.concatenate([g[0] for g in gathered])
-    logits_all = np.concatenate([g[1] for g in gathered])
-    auc = roc_auc(labels_all, logits_all)
+    click_all = np.concatenate([g[1] for g in gathered])
+    relevance_all = np.concatenate([g[2] for g in gathered])
+    requests_all = np.concatenate([g[3] for g in gathered])
+    auc = roc_auc(labels_all, click_all)
+    ranking = ranking_report(requests_all, labels_all, relevance_all, k=20, ndcg_k=10)
+    if judge is not None:
+        new = metrics_from_logits(labels_all, click_all)
+        problems = [g[4] for g in gathered if isinstance(g[4], str)]
+        old = None
+        if plan.champion is not None and not problems:
+            old = metrics_from_logits(labels_all, np.concatenate([g[4] for g in gathered]))
+        judge(new, old, [f"{p}: judged without it" for p in problems[:1]])
     t_eval = time.perf_counter()
 
+    # Drift: every rank sketches its rows; every rank merges the same parts (so every rank's
+    # monitor stays identical); rank 0's monitor exports the statistics.
+    alarms: tuple[str, ...] = ()
+    merged = None
+    if drift is not None:
+        part = drift.sketch(rows, scores=relevance)
+        merged = WindowSketch.merge_all(_all_gather(part))
+        report = drift.check(merged)
+        alarms = tuple(f"{a.feature}/{a.statistic.value}" for a in report.alarms)
+    t_drift = time.perf_counter()
+
     # Train: every rank takes the same number of steps (DDP), padding with empty batches.
-    model.train()
     steps = math.ceil(max(counts) / config.batch_size)
-    order = rng.permutation(n_local)
-    loss_total, rows_total, compute_s = 0.0, 0, 0.0
-    for step in range(steps):
-        new = slice_inputs(rows, order[step * config.batch_size : (step + 1) * config.batch_size])
-        k = int(round(num_rows(new) * config.replay_ratio)) if len(buffer) else 0
-        batch = concat_inputs([new, buffer.sample(k)]) if k else new
-        tensors = to_tensors(batch, device)
-        c0 = time.perf_counter()
-        out = model(tensors)
-        loss_sum = F.binary_cross_entropy_with_logits(out, tensors["label"], reduction="sum")
-        n_global = _all_reduce_sum(float(num_rows(batch)), device)
-        # DDP averages gradients over ranks; scale so the step uses the mean over all rows.
-        loss = loss_sum * (world / max(n_global, 1.0))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        compute_s += time.perf_counter() - c0
-        loss_total += float(loss_sum.detach())
-        rows_total += num_rows(batch)
-    loss_global = _all_reduce_sum(loss_total, device) / max(_all_reduce_sum(rows_total, device), 1)
-    buffer.add(rows)
+    result = train_window(
+        model,
+        optimizer,
+        rows,
+        strategy,
+        batch_size=config.batch_size,
+        rng=rng,
+        device=device,
+        steps=steps,
+        reduce_sum=lambda v: _all_reduce_sum(v, device),
+        world=world,
+    )
+    loss_global = _all_reduce_sum(result.task_loss_sum, device) / max(
+        _all_reduce_sum(float(result.rows), device), 1.0
+    )
+    if drift is not None and merged is not None:
+        drift.absorb(merged)  # the reference is what the model has now trained on
+    trained_at = time.time()
     t_train = time.perf_counter()
 
     return _WindowReport(
@@ -319,16 +513,26 @@ def _train_window(
         metrics={
             "loss": loss_global,
             "eval_auc": None if math.isnan(auc) else auc,
-            "eval_logloss": log_loss(labels_all, logits_all),
+            "eval_logloss": log_loss(labels_all, click_all),
             "eval_ctr": float(labels_all.mean()) if len(labels_all) else None,
+            "eval_gauc": _finite_or_none(ranking["gauc"]),
+            "eval_ndcg10": _finite_or_none(ranking["ndcg@10"]),
         },
         timings={
             "read_s": t_read - t0,
             "eval_s": t_eval - t_read,
-            "train_s": t_train - t_eval,
-            "compute_s": compute_s,  # forward + backward + optimizer step (incl. all-reduce)
+            "drift_s": t_drift - t_eval,
+            "train_s": t_train - t_drift,
+            "compute_s": result.compute_s,  # forward + backward + optimizer step (+ all-reduce)
         },
+        read_at=read_at,
+        trained_at=trained_at,
+        drift_alarms=alarms,
     )
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _checkpoint_window(
@@ -337,10 +541,11 @@ def _checkpoint_window(
     report: _WindowReport,
     core: Ranker,
     optimizer: torch.optim.Optimizer,
-    replay_parts: list[dict[str, np.ndarray]],
+    strategy_parts: list[dict[str, np.ndarray]],
+    drift: DriftMonitor | None,
     progress: _Progress,
-) -> None:
-    """Rank 0: publish the window's version and promote it when its metrics are finite."""
+) -> VersionInfo:
+    """Rank 0: publish the window's version (promotion is decided by the caller)."""
     if report.rows != window.rows_valid:
         raise RuntimeError(
             f"window read {report.rows} rows but validation counted {window.rows_valid}: "
@@ -363,28 +568,38 @@ def _checkpoint_window(
         "watermark": watermark,
         "metrics": report.metrics,
         "timings": dict(report.timings),
-        "world_size": len(replay_parts),
-        "trained_at": time.time(),
+        "stage_times": {"read_at": report.read_at, "trained_at": report.trained_at},
+        "drift_alarms": list(report.drift_alarms),
+        "world_size": len(strategy_parts),
+        "trained_at": report.trained_at,
     }
-    replay_state: dict[str, np.ndarray] = {}
-    for r, part in enumerate(replay_parts):
-        replay_state.update({f"rank{r}/{k}": v for k, v in part.items()})
+    strategy_state: dict[str, np.ndarray] = {}
+    for r, part in enumerate(strategy_parts):
+        strategy_state.update({f"rank{r}/{k}": v for k, v in part.items()})
+    extra = {DRIFT_FILE: state_npz_bytes(drift.state_dict())} if drift is not None else {}
     info = save_checkpoint(
-        registry, core.config, core.state_dict(), optimizer.state_dict(), replay_state, manifest
+        registry,
+        core.config,
+        core.state_dict(),
+        optimizer.state_dict(),
+        strategy_state,
+        manifest,
+        extra_files=extra,
     )
-    promote_if_finite(registry, info)
     progress.version = info.version
     progress.windows += 1
     progress.events_trained += report.rows
     progress.watermark = watermark
     report.timings["checkpoint_s"] = time.perf_counter() - t0
+    alarms = f" drift {','.join(report.drift_alarms)}" if report.drift_alarms else ""
     print(
         f"[freshrank trainer] v{info.version}: window {progress.windows} "
         f"shards {manifest['shards'][0]}..{manifest['shards'][-1]} events {report.rows} "
-        f"auc {_fmt(report.metrics['eval_auc'])} loss {_fmt(report.metrics['loss'])} "
-        f"total {progress.events_trained}",
+        f"auc {_fmt(report.metrics['eval_auc'])} gauc {_fmt(report.metrics['eval_gauc'])} "
+        f"loss {_fmt(report.metrics['loss'])} total {progress.events_trained}{alarms}",
         flush=True,
     )
+    return info
 
 
 def _export_window_metrics(
@@ -392,15 +607,25 @@ def _export_window_metrics(
 ) -> None:
     metrics.inc("freshrank_events_trained_total", float(report.rows))
     metrics.inc("freshrank_windows_trained_total")
+    metrics.inc("freshrank_shards_trained_total", float(len(window.shards)))
     if window.rows_dropped:
         metrics.inc("freshrank_rows_dropped_total", float(window.rows_dropped))
-    if report.metrics["eval_auc"] is not None:
-        metrics.set("freshrank_window_auc", float(report.metrics["eval_auc"]))
-    metrics.set("freshrank_window_logloss", float(report.metrics["eval_logloss"]))
+    for name, key in (
+        ("freshrank_window_auc", "eval_auc"),
+        ("freshrank_window_logloss", "eval_logloss"),
+        ("freshrank_window_gauc", "eval_gauc"),
+        ("freshrank_window_ndcg", "eval_ndcg10"),
+    ):
+        if report.metrics.get(key) is not None:
+            metrics.set(name, float(report.metrics[key]))  # type: ignore[arg-type]
     metrics.set("freshrank_trainer_model_version", float(progress.version or 0))
     now = time.time()
+    stage = "freshrank_stage_latency_seconds"
     for shard in window.shards:
         metrics.observe("freshrank_update_latency_seconds", now - shard.landed_at)
+        metrics.observe(stage, report.read_at - shard.landed_at, tags={"stage": "landed_to_read"})
+    metrics.observe(stage, report.trained_at - report.read_at, tags={"stage": "read_to_trained"})
+    metrics.observe(stage, now - report.trained_at, tags={"stage": "trained_to_checkpointed"})
 
 
 def _fmt(value: float | None) -> str:
@@ -456,10 +681,15 @@ def _assign(shards: tuple[ShardPlan, ...], rank: int, world: int) -> list[str]:
     return [s.path for s in sorted(shards, key=lambda s: s.seq) if owner[s.path] == rank]
 
 
-def _read_shards(paths: list[str], features: FeatureConfig) -> dict[str, np.ndarray]:
-    """Read and encode shards through Ray Data (``read_parquet -> map_batches(encode)``)."""
+def _read_shards(
+    paths: list[str], features: FeatureConfig
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Read and encode shards through Ray Data (``read_parquet -> map_batches(encode)``).
+
+    Returns the encoded rows and, aligned with them, each row's ``request_id`` (for the
+    per-request metrics; the model never sees it)."""
     if not paths:
-        return encode(empty_events(), features)
+        return encode(empty_events(), features), np.zeros(0, dtype=str)
     import ray.data
 
     ds = ray.data.read_parquet(paths).map_batches(
@@ -467,13 +697,20 @@ def _read_shards(paths: list[str], features: FeatureConfig) -> dict[str, np.ndar
     )
     parts = [b for b in ds.iter_batches(batch_size=None, batch_format="numpy") if len(b["label"])]
     if not parts:
-        return encode(empty_events(), features)
-    return concat_inputs(parts)
+        return encode(empty_events(), features), np.zeros(0, dtype=str)
+    requests = np.concatenate([np.asarray(p.pop(REQUEST_KEY), dtype=str) for p in parts])
+    return concat_inputs(parts), requests
+
+
+REQUEST_KEY = "_request_id"
+"""Column ``_encode_batch`` adds next to the encoded inputs; popped before training."""
 
 
 def _encode_batch(batch: Any, features: FeatureConfig) -> dict[str, np.ndarray]:
     table, _dropped = drop_invalid_rows(batch)
-    return encode(table, features)
+    out = encode(table, features)
+    out[REQUEST_KEY] = table.column("request_id").to_numpy(zero_copy_only=False).astype(str)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,24 +747,27 @@ def _all_reduce_sum(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
-def _replay_part(state: Mapping[str, np.ndarray], rank: int, world: int) -> dict[str, np.ndarray]:
-    """This rank's share of a saved replay buffer (re-split when the world size changed)."""
+def _numpy_state(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A strategy state with tensors as numpy arrays (saved with ``np.savez``, no pickle)."""
+    return {
+        k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        for k, v in state.items()
+    }
+
+
+def _strategy_part(state: Mapping[str, np.ndarray], rank: int, world: int) -> dict[str, Any]:
+    """This rank's strategy state from a checkpoint's ``rank<r>/...`` arrays (re-dealt by
+    ``reshard_state`` when the number of workers changed).
+
+    >>> saved = {"rank0/rows/x": np.array([0, 2]), "rank1/rows/x": np.array([1, 3])}
+    >>> _strategy_part(saved, 0, 1)["rows/x"].tolist()
+    [0, 2, 1, 3]
+    """
     parts: dict[int, dict[str, np.ndarray]] = {}
     for key, value in state.items():
         head, _, rest = key.partition("/")
-        if head.startswith("rank"):
+        if head.startswith("rank") and head[4:].isdigit():
             parts.setdefault(int(head[4:]), {})[rest] = value
     if not parts:
         return {}
-    if len(parts) == world and rank in parts:
-        return parts[rank]
-    rows = [
-        {k[len("rows/") :]: v for k, v in p.items() if k.startswith("rows/")}
-        for _, p in sorted(parts.items())
-    ]
-    rows = [r for r in rows if r]
-    if not rows:
-        return {}
-    merged = concat_inputs(rows)
-    mine = slice_inputs(merged, slice(rank, None, world))
-    return {f"rows/{k}": v for k, v in mine.items()}
+    return reshard_state([parts[r] for r in sorted(parts)], rank, world)

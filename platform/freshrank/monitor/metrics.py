@@ -395,6 +395,18 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "1",
     ),
     _gauge(
+        "freshrank_window_gauc",
+        "Per-request AUC (GAUC) of the model's relevance scores on the latest window, "
+        "evaluated before training on it.",
+        "1",
+    ),
+    _gauge(
+        "freshrank_window_ndcg",
+        "NDCG@10 of the model's relevance scores over the latest window's requests with a "
+        "click, evaluated before training on it.",
+        "1",
+    ),
+    _gauge(
         "freshrank_trainer_model_version", "Latest model version trained and checkpointed.", "1"
     ),
     _histogram(

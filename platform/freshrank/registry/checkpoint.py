@@ -17,6 +17,9 @@ from freshrank.registry.store import Registry, VersionInfo, npz_bytes, torch_byt
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 REPLAY_FILE = "replay.npz"
+"""The strategy state of every worker (replay rows, EWC importance, ...), numpy arrays only."""
+DRIFT_FILE = "drift.npz"
+"""The drift monitor's reference and history (``monitor.drift.state_npz_bytes``), optional."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class TrainingState:
     watermark: float | None
     events_trained: int
     manifest: dict[str, Any] = field(repr=False)
+    drift_state: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,10 @@ def save_checkpoint(
     optimizer_state: Mapping[str, Any] | None,
     replay_state: Mapping[str, np.ndarray],
     manifest: Mapping[str, Any],
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> VersionInfo:
-    """Publish one checkpoint version. ``manifest`` must carry cursor, watermark and metrics."""
+    """Publish one checkpoint version. ``manifest`` must carry cursor, watermark and metrics;
+    ``extra_files`` (e.g. ``DRIFT_FILE``) are published and checksummed with the rest."""
     for key in ("cursor", "watermark", "metrics", "events_trained"):
         if key not in manifest:
             raise ValueError(f"checkpoint manifest needs {key!r}")
@@ -60,6 +66,10 @@ def save_checkpoint(
     if optimizer_state is not None:
         files[OPTIMIZER_FILE] = torch_bytes(optimizer_state)
     files[REPLAY_FILE] = npz_bytes(replay_state)
+    for name, data in (extra_files or {}).items():
+        if name in files:
+            raise ValueError(f"extra file {name!r} would replace a checkpoint file")
+        files[name] = data
     full = dict(manifest)
     full["model_config"] = model_config.to_dict()
     full.setdefault("parent", registry.latest_version())
@@ -89,6 +99,7 @@ def load_latest_or_init(registry: Registry) -> TrainingState | None:
             watermark=m.get("watermark"),
             events_trained=int(m.get("events_trained", 0)),
             manifest=m,
+            drift_state=registry.load_npz(info, DRIFT_FILE) if DRIFT_FILE in m["files"] else None,
         )
     return None
 

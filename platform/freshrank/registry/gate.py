@@ -15,7 +15,7 @@ rejection with its reasons; every decision counts in ``freshrank_promotions_tota
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -220,7 +220,6 @@ def score_rows(
     """
     import torch
 
-    from freshrank.learn.evaluation import log_loss, roc_auc
     from freshrank.model.device import to_tensors
 
     labels = np.asarray(rows["label"], dtype=np.float64)
@@ -231,6 +230,23 @@ def score_rows(
             chunk = {k: v[start : start + chunk_rows] for k, v in rows.items()}
             parts.append(served.model(to_tensors(chunk, torch.device("cpu"))).numpy())
     logits = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    return metrics_from_logits(labels, logits)
+
+
+def metrics_from_logits(labels: np.ndarray, logits: np.ndarray) -> dict[str, float | None]:
+    """The gate's metrics (rows, AUC, log loss, CTR) of click ``logits`` against ``labels``.
+
+    AUC is None when the rows hold only one class (it is undefined there).
+
+    >>> m = metrics_from_logits(np.array([1.0, 0.0]), np.array([2.0, -2.0]))
+    >>> m["rows"], m["auc"], round(m["logloss"], 4), m["ctr"]
+    (2.0, 1.0, 0.1269, 0.5)
+    """
+    from freshrank.learn.evaluation import log_loss, roc_auc
+
+    labels = np.asarray(labels, dtype=np.float64)
+    logits = np.asarray(logits, dtype=np.float64)
+    n = len(labels)
     auc = roc_auc(labels, logits) if n else float("nan")
     return {
         ROWS: float(n),
@@ -309,11 +325,30 @@ class Promoter:
         try:
             new = score_rows(challenger_model, fresh_rows)
             old, notes = self._champion_metrics(champion, fresh_rows)
-            decision = evaluate_gate(new, old, self.config)
         except Exception as exc:  # the evaluation itself failed: the champion stays
             reason = f"evaluation failed: {type(exc).__name__}: {exc}"
             return self._finish(version, PromotionOutcome.ERROR, champion, [reason])
-        reasons = decision.reasons + notes
+        return self.decide(version, new, old, champion, notes)
+
+    def decide(
+        self,
+        version: int,
+        new: Mapping[str, Any],
+        old: Mapping[str, Any] | None,
+        champion: int | None,
+        notes: Sequence[str] = (),
+    ) -> PromotionResult:
+        """Apply the gate to metrics already measured on the same fresh rows (``new`` for
+        ``version``, ``old`` for ``champion``, the champion they were measured against) and
+        promote or log the rejection. The trainer calls this with the logits it computed
+        while evaluating a window; :meth:`consider` scores the rows itself first."""
+        new, old = dict(new), (dict(old) if old is not None else None)
+        try:
+            decision = evaluate_gate(new, old, self.config)
+        except Exception as exc:
+            reason = f"evaluation failed: {type(exc).__name__}: {exc}"
+            return self._finish(version, PromotionOutcome.ERROR, champion, [reason])
+        reasons = decision.reasons + list(notes)
         if not decision.promote:
             return self._finish(version, PromotionOutcome.REJECTED, champion, reasons, new, old)
         pinned = self.registry.pinned_version()
