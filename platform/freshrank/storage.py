@@ -18,21 +18,28 @@ that these promises suffice.
 * ``write_atomic(name, data)`` -- local: temp file, fsync, ``rename`` over the name; object
   store: one PUT (multipart uploads appear on completion). Either way readers see the old bytes
   or the new ones, never a torn file; the last writer wins.
-* ``write_new(name, data)`` -- local: ``link`` of a temp file, which fails when the name exists
-  even when writers race. Object store: HEAD then PUT, **not exclusive**: two writers racing for
-  one name can both "win". Keep one writer per name space there (one producer per landing
-  prefix; the trainer lease for a registry).
-* ``publish_dir(files, target)`` -- local: files and marker in a temp directory, then one
-  ``rename``: the directory appears whole. Object store: the files first, the marker **last**;
-  a version exists once its marker does. Readers trust only marked directories; a crash leaves
-  unmarked files that readers ignore and a later publish of the same target overwrites.
+* ``write_new(name, data)`` / ``write_first_free(names, data)`` -- local: ``link`` of one fsynced
+  temp file, which fails when the name exists even when writers race, so the first free name of
+  ``names`` is taken exclusively. Object store: HEAD then one PUT of the whole object, **not
+  exclusive**: pyarrow's ``S3FileSystem`` (26.x) exposes no conditional PUT (``If-None-Match:
+  *``, which S3 itself accepts since 2024) and GCS's generation preconditions are not exposed
+  either, so two writers racing for one name can both "win" and the later PUT replaces the
+  earlier object. What remains: a reader never sees a partial object, and a name is never
+  reused by a writer that saw it taken. Keep one writer per name space there (one producer per
+  landing prefix; the trainer lease for a registry).
+* ``publish_dir(files, target, marker)`` -- local: files and marker in a temp directory, then
+  one ``rename``: the directory appears whole. Object store: the files first, the marker
+  **last**; a directory exists once its marker does. Readers trust only marked directories
+  (``published``); a crash leaves unmarked files that readers ignore, ``sweep`` removes once they
+  are old, and a later publish of the same target overwrites.
 * ``list(prefix)`` -- a directory listing (local temp files hidden) or a prefix listing, which
   is strongly consistent on S3 (since December 2020) and GCS: a completed write is listed.
-* ``move(src, dst)`` -- local: ``rename``, atomic. Object store: copy, then delete, **not
-  atomic**: a crash in between leaves the object in both places, so callers treat "in both" as
-  "moved" (the landing zone's quarantine does).
-* ``delete_dir(name)`` -- the marker goes first, then the files, so readers never trust a
-  half-deleted directory.
+* ``move(src, dst)`` -- local: ``rename``, atomic. Object store: server-side copy, then delete,
+  **not atomic**: a crash in between leaves the object in both places, so callers treat "in
+  both" as "moved" (the landing zone's quarantine does).
+* ``delete_dir(name)`` -- local: ``rename`` out of sight (a ``.tmp-`` name), then delete: the
+  directory disappears at once. Object store: the marker goes first, then the files, so readers
+  stop trusting the directory before any of its files disappear.
 
 Listing times are the store's modification times (S3: one-second resolution).
 
@@ -42,11 +49,15 @@ nothing until the first write.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import posixpath
+import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -58,6 +69,9 @@ COMMIT_MARKER = "_COMMITTED"
 
 TMP_PREFIX = ".tmp-"
 """Names of in-flight local writes; :meth:`Storage.list` never shows them."""
+
+_TRASH_PREFIX = f"{TMP_PREFIX}trash-"
+"""Local directories being deleted (renamed out of sight first)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,16 @@ class StoredFile:
     is_dir: bool
 
 
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` is a URI (``s3://...``, ``file://...``) rather than a plain path.
+
+    >>> is_uri("s3://bucket/x"), is_uri("/data/fr"), is_uri("rel/dir"), is_uri("file:///d")
+    (True, False, False, True)
+    """
+    scheme = urlparse(os.fspath(location)).scheme
+    return len(scheme) > 1  # a one-letter scheme is a Windows drive letter
+
+
 def resolve(
     location: str | os.PathLike[str], options: StorageOptions | None = None
 ) -> tuple[pafs.FileSystem, str]:
@@ -114,7 +138,7 @@ def resolve(
     if not text:
         raise ValueError("storage location must be a non-empty path or URI")
     scheme = urlparse(text).scheme
-    if not scheme or len(scheme) == 1:  # a plain path (or a Windows drive letter)
+    if not is_uri(text):  # a plain path (or a Windows drive letter)
         return pafs.LocalFileSystem(), os.path.abspath(text)
     if scheme == "s3" and "?" not in text:
         parsed = urlparse(text)
@@ -196,25 +220,71 @@ class Storage:
         """Replace ``name`` with ``data``; readers see the old bytes or the new, never part."""
         path = self.path(name)
         if self.is_local:
-            _local_write(path, data, replace=True)
+            write_local_atomic(path, data)
         else:
             with self.fs.open_output_stream(path) as out:
                 out.write(data)
 
-    def write_new(self, name: str, data: bytes) -> None:
+    def write_new(self, name: str, data: bytes) -> StoredFile:
         """Create ``name`` holding ``data``; ``FileExistsError`` when it exists.
 
         Exclusive on a local filesystem (``link``); check-then-put on object stores, so keep one
-        writer per name space there (see the module docstring).
+        writer per name space there (see the module docstring). Returns the new file's entry.
         """
-        path = self.path(name)
+        try:
+            return self.write_first_free([name], data)
+        except FileExistsError:
+            raise FileExistsError(f"{self.uri}/{name} exists") from None
+
+    def write_first_free(self, names: Iterable[str], data: bytes) -> StoredFile:
+        """Create the first of ``names`` that does not exist yet, holding ``data``.
+
+        ``names`` may be a generator: the next name is asked for only after the previous one
+        turned out to be taken (e.g. "the next sequence number" recomputed from a listing).
+        Locally the data is written and fsynced once, to a temp file, which is then ``link``-ed
+        under each name in turn until one link succeeds: two writers never get the same name.
+        On object stores each name is checked (HEAD) and the first free one gets one PUT, which
+        is not exclusive (see the module docstring). Returns the entry of the file created
+        (its name is relative to its directory, like :meth:`list`'s); ``FileExistsError`` when
+        every name was taken.
+        """
         if self.is_local:
-            _local_write(path, data, replace=False)
-            return
-        if self._info(path).type != pafs.FileType.NotFound:
-            raise FileExistsError(f"{self.uri}/{name} exists")
-        with self.fs.open_output_stream(path) as out:
-            out.write(data)
+            return self._local_write_first_free(names, data)
+        for name in names:
+            path = self.path(name)
+            if self._info(path).type != pafs.FileType.NotFound:
+                continue
+            with self.fs.open_output_stream(path) as out:
+                out.write(data)
+            info = self._info(path)
+            if info.type == pafs.FileType.File:
+                return _stored_file(info)
+            # moved away already (e.g. quarantined by a fast reader): describe what was written
+            return StoredFile(posixpath.basename(path), path, len(data), time.time(), False)
+        raise FileExistsError(f"every candidate name under {self.uri} is taken")
+
+    def _local_write_first_free(self, names: Iterable[str], data: bytes) -> StoredFile:
+        tmp: str | None = None
+        try:
+            for name in names:
+                path = self.path(name)
+                directory = os.path.dirname(path)
+                if tmp is None:
+                    tmp = _local_temp_file(directory, data)
+                os.makedirs(directory, exist_ok=True)
+                try:
+                    os.link(tmp, path)  # FileExistsError when the name is taken, even in a race
+                except FileExistsError:
+                    continue
+                st = os.stat(tmp)  # same inode as the published file, which a reader may move
+                _fsync_dir(directory)
+                return StoredFile(
+                    os.path.basename(path), path, st.st_size, st.st_mtime_ns / 1e9, False
+                )
+            raise FileExistsError(f"every candidate name under {self.uri} is taken")
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
 
     def publish_dir(
         self, files: Mapping[str, bytes], target: str, marker: str = COMMIT_MARKER
@@ -244,13 +314,86 @@ class Storage:
         """Whether ``target`` was published by :meth:`publish_dir` (its marker exists)."""
         return self.exists(posixpath.join(target, marker))
 
-    def published(self, prefix: str = "", marker: str = COMMIT_MARKER) -> list[str]:
-        """Names of the published directories directly under ``prefix``, sorted."""
-        return [
-            entry.name
-            for entry in self.list(prefix)
-            if entry.is_dir and self.is_published(posixpath.join(prefix, entry.name), marker)
-        ]
+    def published(
+        self, prefix: str = "", marker: str = COMMIT_MARKER, require: Iterable[str] = ()
+    ) -> list[str]:
+        """Names of the published directories directly under ``prefix``, sorted.
+
+        A directory counts when it holds ``marker`` and every file named in ``require``.
+        Locally: one listing and one ``stat`` per file asked about; object stores: one
+        recursive prefix listing (no request per directory).
+        """
+        need = {marker, *require}
+        if self.is_local:
+            dirs = [e for e in self.list(prefix) if e.is_dir]
+            paths = [posixpath.join(e.path, n) for e in dirs for n in sorted(need)]
+            infos = iter(self.fs.get_file_info(paths)) if paths else iter(())
+            out = []
+            for entry in dirs:
+                found = [next(infos).type == pafs.FileType.File for _ in need]
+                if all(found):
+                    out.append(entry.name)
+            return out
+        base = self.path(prefix)
+        contents: dict[str, set[str]] = {}
+        for info in self._tree(base):
+            parts = info.path[len(base) + 1 :].split("/")
+            if len(parts) == 2 and info.type == pafs.FileType.File:
+                contents.setdefault(parts[0], set()).add(parts[1])
+        return sorted(d for d, names in contents.items() if need <= names)
+
+    def sweep(
+        self, prefix: str = "", marker: str = COMMIT_MARKER, min_age_s: float = 3600.0
+    ) -> int:
+        """Remove what crashed writers left under ``prefix`` once it is ``min_age_s`` old.
+
+        Locally: temp files and directories (``.tmp-*``, whatever their content). Object
+        stores: directories without ``marker`` whose newest object is that old (a publish in
+        flight is younger). Returns how many entries were removed.
+        """
+        now, removed = time.time(), 0
+        if self.is_local:
+            for entry in self.list(prefix, include_temp=True):
+                if not entry.name.startswith(TMP_PREFIX):
+                    continue
+                trash = entry.name.startswith(_TRASH_PREFIX)
+                if not trash and (entry.mtime is None or now - entry.mtime < min_age_s):
+                    continue
+                if entry.is_dir:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                removed += 1
+            return removed
+        base = self.path(prefix)
+        newest: dict[str, float] = {}
+        marked: set[str] = set()
+        for info in self._tree(base):
+            parts = info.path[len(base) + 1 :].split("/")
+            if len(parts) < 2 or info.type != pafs.FileType.File:
+                continue
+            if len(parts) == 2 and parts[1] == marker:
+                marked.add(parts[0])
+            mtime = (info.mtime_ns or 0) / 1e9
+            newest[parts[0]] = max(newest.get(parts[0], 0.0), mtime)
+        for name, mtime in sorted(newest.items()):
+            if name not in marked and now - mtime >= min_age_s:
+                self.delete_dir(posixpath.join(prefix, name) if prefix else name, marker=None)
+                removed += 1
+        return removed
+
+    def source(self, names: Iterable[str]) -> tuple[list[str], pafs.FileSystem | None]:
+        """What a pyarrow or Ray Data reader needs to read ``names`` (relative to the root).
+
+        Returns ``(paths, filesystem)`` for ``ray.data.read_parquet(paths, filesystem=fs)`` or
+        ``pyarrow.parquet.read_table(path, filesystem=fs)``: local files as absolute paths and
+        ``None`` (the reader infers the local filesystem, as for any path), object stores as
+        paths inside this filesystem (``bucket/prefix/name``, no scheme) and the filesystem,
+        endpoint included (it pickles, so Ray workers get it too).
+        """
+        paths = [self.path(name) for name in names]
+        return paths, (None if self.is_local else self.fs)
 
     # ----------------------------------------------------------------------------------- reading
 
@@ -262,10 +405,14 @@ class Storage:
         """
         base = self.path(prefix)
         selector = pafs.FileSelector(base, recursive=False, allow_not_found=True)
-        try:
-            infos = self.fs.get_file_info(selector)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+        for attempt in range(3):
+            try:
+                infos = self.fs.get_file_info(selector)
+                break
+            except (FileNotFoundError, NotADirectoryError):
+                # the prefix is gone or a file, or (locally) an entry vanished mid-listing
+                if attempt == 2 or self._info(base).type != pafs.FileType.Directory:
+                    return []
         out = []
         for info in infos:
             name = info.base_name
@@ -330,8 +477,13 @@ class Storage:
             return
         if self._info(src_path).type != pafs.FileType.File:
             raise FileNotFoundError(f"{self.uri}/{src} does not exist")
-        self.fs.copy_file(src_path, dst_path)
-        self.fs.delete_file(src_path)
+        try:
+            self.fs.copy_file(src_path, dst_path)  # server-side copy
+        except OSError as exc:  # another mover deleted it meanwhile: say so, like rename does
+            if self._info(src_path).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"{self.uri}/{src} does not exist") from exc
+            raise
+        self.delete(src)  # a concurrent mover may have deleted it already: that is fine
 
     def delete(self, name: str, missing_ok: bool = True) -> None:
         """Delete file ``name`` (a missing one is fine unless ``missing_ok`` is False)."""
@@ -348,18 +500,53 @@ class Storage:
     def delete_dir(self, name: str, marker: str | None = COMMIT_MARKER) -> None:
         """Delete directory ``name`` and everything in it (missing is fine).
 
-        With a ``marker``, the marker goes first, so readers stop trusting the directory before
-        any of its files disappear.
+        Locally the directory is first renamed out of sight (a ``.tmp-`` name next to it), so
+        it disappears at once; a crash before the delete leaves that for :meth:`sweep`. On
+        object stores, with a ``marker``, the marker goes first, so readers stop trusting the
+        directory before any of its files disappear.
         """
         path = self.path(name)
+        if self.is_local:
+            trash = os.path.join(os.path.dirname(path), f"{_TRASH_PREFIX}{uuid.uuid4().hex}")
+            try:
+                os.rename(path, trash)
+            except FileNotFoundError:
+                return
+            _fsync_dir(os.path.dirname(path))
+            shutil.rmtree(trash, ignore_errors=True)
+            return
         if self._info(path).type == pafs.FileType.NotFound:
             return
         if marker is not None:
             self.delete(posixpath.join(name, marker))
         self.fs.delete_dir(path)
 
+    def sha256(self, name: str) -> str:
+        """Hex SHA-256 of file ``name``, read in 1 MiB chunks; ``FileNotFoundError`` if missing."""
+        h = hashlib.sha256()
+        try:
+            stream = self.fs.open_input_stream(self.path(name))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if not self.exists(name):
+                raise FileNotFoundError(f"{self.uri}/{name} does not exist") from exc
+            raise
+        with stream:
+            while chunk := stream.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
     def _info(self, path: str) -> pafs.FileInfo:
         return self.fs.get_file_info(path)
+
+    def _tree(self, base: str) -> list[pafs.FileInfo]:
+        """Every entry under ``base``, recursively (``[]`` when there is none)."""
+        selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        try:
+            return list(self.fs.get_file_info(selector))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
 
 def _stored_file(info: pafs.FileInfo) -> StoredFile:
@@ -377,9 +564,26 @@ def _stored_file(info: pafs.FileInfo) -> StoredFile:
 # --------------------------------------------------------------------------------- local helpers
 
 
-def _local_write(path: str, data: bytes, replace: bool) -> None:
-    """Temp file in the same directory, fsync, then rename over (replace) or link (exclusive)."""
-    directory = os.path.dirname(path)
+def write_local_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace the local file ``path`` with ``data``: temp file in the same directory, fsync,
+    ``rename`` over, fsync the directory (missing parent directories are created).
+
+    The one implementation behind :meth:`Storage.write_atomic` on local filesystems, for
+    callers that hold a plain path.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = _local_temp_file(directory, data)
+    try:
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _local_temp_file(directory: str, data: bytes) -> str:
+    """A fsynced ``.tmp-*`` file holding ``data`` in ``directory`` (created if needed)."""
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     try:
@@ -387,14 +591,10 @@ def _local_write(path: str, data: bytes, replace: bool) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # FileExistsError when the name is taken
-        _fsync_dir(directory)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 def _local_publish_dir(final: str, ordered: list[tuple[str, bytes]]) -> None:

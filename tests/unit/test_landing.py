@@ -6,6 +6,7 @@ import dataclasses
 import os
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -189,6 +190,7 @@ def test_bad_files_are_quarantined_with_a_reason_and_reading_continues(tmp_path)
     age = datetime.now(timezone.utc) - datetime.fromisoformat(stamp)
     assert timedelta(0) <= age < timedelta(minutes=5)
 
+    assert zone.quarantined_seqs() == {garbage.seq, wrong.seq, truncated.seq}
     # Quarantined sequence numbers are never reused.
     assert zone.write_shard(_events(1)).seq == good2.seq + 1
     with pytest.raises(FileExistsError, match="quarantine"):
@@ -263,3 +265,44 @@ def test_producer_done_marker(tmp_path):
     assert zone.list_shards() == []  # the marker is not a shard
     zone.clear_done()
     assert not zone.is_done()
+
+
+def test_read_source_locally_gives_the_paths_and_no_filesystem(tmp_path):
+    zone = LandingZone(tmp_path / "zone")
+    refs = [zone.write_shard(_events(1, seed=s)) for s in (1, 2)]
+    paths, fs = zone.read_source([r.path for r in refs])
+    assert (paths, fs) == ([r.path for r in refs], None)  # what read_parquet(paths) got before
+    assert zone.read_source([refs[0].name]) == ([refs[0].path], None)
+    assert pq.read_table(paths[1]).equals(_events(1, seed=2))
+    with pytest.raises(ValueError, match="not a shard of the landing zone"):
+        zone.read_source([str(tmp_path / "elsewhere" / refs[0].name)])
+    with pytest.raises(ValueError, match="not a shard name"):
+        zone.read_source([str(tmp_path / "zone" / "_PRODUCER_DONE")])
+
+
+def test_a_relative_root_and_a_file_uri_are_local_zones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rel = LandingZone("landing")
+    ref = rel.write_shard(_events(1))
+    assert rel.root == Path("landing") and rel.is_local
+    assert ref.path == os.path.join("landing", "shard-000000000001.parquet")  # as before
+    assert rel.read_source([ref.path]) == ([ref.path], None)
+    uri = LandingZone(f"file://{tmp_path}/landing")
+    assert uri.root == tmp_path / "landing"
+    assert [r.seq for r in uri.list_shards()] == [1]
+    assert uri.list_shards()[0].path == str(tmp_path / "landing" / ref.name)
+
+
+def test_a_storage_error_is_not_taken_for_a_bad_shard(tmp_path, monkeypatch):
+    """A read that fails in the store (a network error on S3) must not quarantine the shard."""
+    zone = LandingZone(tmp_path)
+    ref = zone.write_shard(_events(2))
+
+    def broken_read(name: str) -> bytes:
+        raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(zone.storage, "read", broken_read)
+    with pytest.raises(OSError, match="connection reset"):
+        zone.validate(ref)
+    monkeypatch.undo()
+    assert zone.quarantined() == [] and zone.list_shards() == [ref]

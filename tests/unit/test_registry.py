@@ -1,5 +1,6 @@
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,45 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path):
 def test_manifest_needs_cursor(tmp_path):
     with pytest.raises(ValueError, match="cursor"):
         save_checkpoint(Registry(tmp_path), CFG, {}, None, {}, {"metrics": {}})
+
+
+def test_bytes_replaced_after_verify_are_refused_at_load(tmp_path):
+    reg = Registry(tmp_path)
+    _save(reg, cursor=1)
+    other = _save(reg, cursor=2, metrics={"loss": 0.4})
+    info = reg.verify(1)
+    (info.path / "model.pt").write_bytes((other.path / "model.pt").read_bytes())
+    with pytest.raises(CorruptVersion, match="model.pt fails its sha256"):
+        reg.load_torch(info, "model.pt")
+    with pytest.raises(CorruptVersion, match="lists no file"):
+        reg.load_torch(info, "extra.pt")
+
+
+def test_a_directory_without_manifest_checksum_is_not_a_version(tmp_path):
+    reg = Registry(tmp_path)
+    _save(reg, cursor=1)
+    (tmp_path / "versions" / "v000002").mkdir()
+    (tmp_path / "versions" / "v000002" / "model.pt").write_bytes(b"left by hand")
+    (tmp_path / "versions" / "v000002" / "manifest.json").write_text("{}")
+    assert reg.list_versions() == [1]
+    assert _save(reg, cursor=3).version == 3  # its number is never written into
+    assert reg.list_versions() == [1, 3]
+
+
+def test_a_local_registry_is_a_path_and_a_file_uri_is_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    reg = Registry("reg")
+    info = _save(reg, cursor=1)
+    assert reg.root == Path("reg") and reg.is_local
+    assert info.path == Path("reg") / "versions" / "v000001"
+    assert reg.uri == str(tmp_path / "reg")
+    same = Registry(f"file://{tmp_path}/reg")
+    assert same.root == tmp_path / "reg" and same.list_versions() == [1]
+
+
+def test_a_log_line_being_appended_is_not_read_yet(tmp_path):
+    reg = Registry(tmp_path)
+    reg.log_event("error", reason="first")
+    with open(tmp_path / "promotions.jsonl", "a") as f:
+        f.write('{"at": 2.0, "kind": "err')  # a writer caught mid-line
+    assert [e["reason"] for e in reg.promotions()] == ["first"]

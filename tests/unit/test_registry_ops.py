@@ -251,3 +251,23 @@ def test_garbage_manifest_is_corrupt_not_a_crash(reg):
         reg.verify(1)
     with pytest.raises(CorruptVersion):
         reg.get(1)
+
+
+def test_prune_sweeps_leftovers_of_crashed_writers(reg):
+    import os
+    import time
+
+    _versions(reg, 2)
+    stale, fresh = reg.versions_dir / ".tmp-crashed", reg.versions_dir / ".tmp-inflight"
+    legacy = reg.versions_dir / ".trash-0123"  # an earlier release's prune, interrupted
+    for d in (stale, fresh, legacy):
+        d.mkdir()
+        (d / "model.pt").write_bytes(b"x")
+    hour_ago = time.time() - 3700
+    os.utime(stale, (hour_ago, hour_ago))
+    assert reg.prune(keep_last=5) == []
+    assert sorted(p.name for p in reg.versions_dir.iterdir()) == [
+        ".tmp-inflight",
+        "v000001",
+        "v000002",
+    ]

@@ -4,6 +4,7 @@ endpoint (moto's server on 127.0.0.1), plus URI resolution and the object-store 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from freshrank.runtime import free_port
-from freshrank.storage import COMMIT_MARKER, Storage, StorageOptions, resolve
+from freshrank.storage import COMMIT_MARKER, Storage, StorageOptions, is_uri, resolve
 
 _S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -191,6 +192,63 @@ def test_child_shares_the_filesystem(store):
     assert child.uri.endswith("/registry")
 
 
+def test_write_first_free_takes_the_first_free_name_and_asks_lazily(store):
+    store.write_new("s/a", b"taken")
+    asked: list[str] = []
+
+    def names():
+        for n in ("a", "b", "c"):
+            asked.append(n)
+            yield f"s/{n}"
+
+    entry = store.write_first_free(names(), b"12345")
+    assert asked == ["a", "b"]  # "c" was never needed
+    assert (entry.name, entry.size, entry.is_dir) == ("b", 5, False)
+    assert entry.path == store.path("s/b") and entry.mtime is not None
+    assert store.read("s/a") == b"taken" and store.read("s/b") == b"12345"
+    with pytest.raises(FileExistsError):
+        store.write_first_free(["s/a", "s/b"], b"x")
+    assert [e.name for e in store.list("s")] == ["a", "b"]  # no temp file left behind
+
+
+def test_published_needs_the_marker_and_every_required_file(store):
+    store.publish_dir({"model.pt": b"w", "manifest.json": b"{}"}, "versions/v1", "manifest.json")
+    store.write_atomic("versions/v2/manifest.json", b"{}")  # marker only: a required file lacks
+    store.write_atomic("versions/v3/model.pt", b"w")  # no marker: a crashed publish
+    assert store.published("versions", marker="manifest.json") == ["v1", "v2"]
+    assert store.published("versions", "manifest.json", require=("model.pt",)) == ["v1"]
+    assert store.published("nothing", marker="manifest.json") == []
+
+
+def test_delete_dir_leaves_nothing_behind(store):
+    store.publish_dir({"f": b"1", "g": b"2"}, "versions/v000001")
+    store.publish_dir({"f": b"1"}, "versions/v000002")
+    store.delete_dir("versions/v000001")
+    assert [e.name for e in store.list("versions", include_temp=True)] == ["v000002"]
+
+
+def test_sha256_streams_the_bytes(store):
+    data = os.urandom(3 * (1 << 20) + 17)  # more than one chunk
+    store.write_atomic("big.bin", data)
+    assert store.sha256("big.bin") == hashlib.sha256(data).hexdigest()
+    with pytest.raises(FileNotFoundError):
+        store.sha256("missing.bin")
+
+
+def test_source_is_what_pyarrow_and_ray_data_read(store):
+    table = pa.table({"x": [1, 2, 3]})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    store.write_new("shards/a.parquet", sink.getvalue().to_pybytes())
+    paths, fs = store.source(["shards/a.parquet"])
+    assert paths == [store.path("shards/a.parquet")]
+    if store.is_local:
+        assert fs is None and os.path.isabs(paths[0])
+    else:
+        assert fs is store.fs and not paths[0].startswith("s3:")
+    assert pq.read_table(paths[0], filesystem=fs).equals(table)
+
+
 # ----------------------------------------------------------------------- object-store specifics
 
 
@@ -258,6 +316,37 @@ def test_bad_locations_and_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="bad file name"):
         store.publish_dir({"a/b": b""}, "v1")
     assert not (tmp_path / "v1").exists()
+
+
+def test_local_sweep_removes_old_temp_entries_only(tmp_path):
+    store = Storage(tmp_path)
+    old, fresh = tmp_path / ".tmp-old", tmp_path / ".tmp-fresh"
+    old.write_bytes(b"crashed writer")
+    fresh.write_bytes(b"writer in flight")
+    (tmp_path / ".tmp-olddir").mkdir()
+    (tmp_path / ".tmp-olddir" / "model.pt").write_bytes(b"crashed publish")
+    (tmp_path / ".tmp-trash-x").mkdir()  # a delete_dir that crashed before deleting
+    store.write_atomic("kept", b"1")
+    hour_ago = time.time() - 3700
+    for p in (old, tmp_path / ".tmp-olddir"):
+        os.utime(p, (hour_ago, hour_ago))
+    assert store.sweep(min_age_s=3600) == 3
+    assert sorted(os.listdir(tmp_path)) == [".tmp-fresh", "kept"]
+
+
+def test_s3_sweep_removes_old_unmarked_directories_only(s3_endpoint):
+    store = Storage(f"s3://{_new_bucket(s3_endpoint)}/reg", StorageOptions(s3_endpoint=s3_endpoint))
+    store.publish_dir({"f": b"1"}, "versions/v1")
+    store.write_atomic("versions/v2/f", b"crashed publish")
+    assert store.sweep("versions", min_age_s=3600) == 0  # young: may be a publish in flight
+    assert store.exists("versions/v2/f")
+    assert store.sweep("versions", min_age_s=0) == 1
+    assert not store.exists("versions/v2/f") and store.is_published("versions/v1")
+
+
+def test_is_uri():
+    assert is_uri("s3://b/x") and is_uri("gs://b") and is_uri("file:///d")
+    assert not is_uri("/data") and not is_uri("rel/dir") and not is_uri("C:/data")
 
 
 def test_temp_files_are_hidden_unless_asked_for(tmp_path):

@@ -1,44 +1,57 @@
-"""The landing zone: a local directory of sequence-numbered parquet event shards.
+"""The landing zone: sequence-numbered parquet event shards under a directory or prefix.
 
-Layout of a landing zone rooted at ``root``::
+A landing zone lives on any filesystem :mod:`freshrank.storage` resolves: a local path,
+``file://``, ``s3://bucket/prefix`` (AWS or any S3-compatible store), ``gs://bucket/prefix``.
+Its layout under the root::
 
     root/shard-000000000001.parquet      published shards (seq = 1, 2, ...)
-    root/.tmp-*                          files being written; every lister ignores them
+    root/.tmp-*                          local files being written; every lister ignores them
     root/_PRODUCER_DONE                  written once the producer has finished
     root/quarantine/shard-....parquet    shards that failed validation
     root/quarantine/shard-....parquet.reason.txt
 
-A shard is written to a temp file in ``root``, fsynced, then published with ``os.link``, which
-fails when the name is taken: two writers can never overwrite each other's shard, and a reader
-never sees a half-written file. Sequence numbers are never reused, quarantined ones included, so
-a reader's cursor ("every shard with seq > n is new") stays valid.
+Publishing a shard (:meth:`Storage.write_first_free`):
 
-Nothing is created on disk until the first write.
+* locally, the shard is written to a temp file in ``root``, fsynced, then published with
+  ``os.link``, which fails when the name is taken: two writers can never overwrite each other's
+  shard or share a sequence number, and a reader never sees a half-written file;
+* on an object store, the complete shard is one PUT under the first free name (HEAD first). A
+  reader never sees a partial object, but the check and the PUT are not one step (pyarrow
+  offers no conditional ``If-None-Match`` PUT), so keep **one producer per landing prefix**
+  there; two producers racing for one sequence number could both write it, the later PUT
+  winning.
+
+Sequence numbers are never reused, quarantined ones included, so a reader's cursor ("every shard
+with seq > n is new") stays valid. Quarantine is a ``rename`` locally and copy-then-delete on an
+object store; a crash between the two leaves the shard in both places, which the next
+:meth:`LandingZone.quarantine` of it completes instead of quarantining a second copy.
+
+Nothing is created until the first write.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
-import uuid
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from freshrank.events.schema import conform, drop_invalid_rows, schema_problem
+from freshrank.storage import Storage, StorageOptions, StoredFile, is_uri
 
 SHARD_PATTERN: re.Pattern[str] = re.compile(r"^shard-(\d{12})\.parquet$")
 """File names of published shards; group 1 is the sequence number."""
 
 QUARANTINE_DIR = "quarantine"
 DONE_MARKER = "_PRODUCER_DONE"
-_TMP_PREFIX = ".tmp-"
 _REASON_SUFFIX = ".reason.txt"
 _QUARANTINED_PATTERN = re.compile(r"^shard-(\d{12})\.parquet(?:\.dup\d+)?$")
 _MAX_SEQ = 10**12 - 1
@@ -102,23 +115,48 @@ def shard_name(seq: int) -> str:
 
 
 class LandingZone:
-    """Sequence-numbered parquet event shards in a local directory (see the module docstring)."""
+    """Sequence-numbered parquet event shards under a directory or object-store prefix (see the
+    module docstring). ``root`` is a local path or a URI (``s3://bucket/landing``);
+    ``options`` says how to reach an S3-compatible endpoint the URI cannot name."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self._root = Path(root)
+    def __init__(self, root: str | os.PathLike[str], options: StorageOptions | None = None) -> None:
+        self._storage = Storage(root, options)
+        local = Path(self._storage.root) if is_uri(root) else Path(root)
+        self._local_root: Path | None = local if self._storage.is_local else None
 
     def __repr__(self) -> str:
-        return f"LandingZone({str(self._root)!r})"
+        return f"LandingZone({self.uri!r})"
+
+    @property
+    def storage(self) -> Storage:
+        """The storage the zone lives on (filesystem, root path, primitives)."""
+        return self._storage
+
+    @property
+    def uri(self) -> str:
+        """The zone's root as a local path or a URI (``s3://bucket/landing``)."""
+        return self._storage.uri
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the zone is on a local filesystem (then :attr:`root` is a ``Path``)."""
+        return self._storage.is_local
 
     @property
     def root(self) -> Path:
-        """The directory that holds the shards."""
-        return self._root
+        """The local directory that holds the shards (``ValueError`` on an object store: use
+        :attr:`uri`, :attr:`storage` or :meth:`read_source` there)."""
+        if self._local_root is None:
+            raise ValueError(
+                f"the landing zone {self.uri} is not a local directory: use .uri, .storage or "
+                ".read_source() for it"
+            )
+        return self._local_root
 
     @property
     def quarantine_dir(self) -> Path:
-        """The directory that holds quarantined shards and their reason files."""
-        return self._root / QUARANTINE_DIR
+        """The local directory that holds quarantined shards and their reason files."""
+        return self.root / QUARANTINE_DIR
 
     # ----------------------------------------------------------------------------------- writing
 
@@ -137,11 +175,9 @@ class LandingZone:
                 "build one with pyarrow.table(...) or Simulator.generate()"
             )
         conformed = conform(table)  # raises ValueError naming the problem
-
-        def write(f: BinaryIO) -> None:
-            pq.write_table(conformed, f)
-
-        return self._publish(write, seq)
+        sink = pa.BufferOutputStream()
+        pq.write_table(conformed, sink)
+        return self._publish(sink.getvalue().to_pybytes(), seq)
 
     def write_raw(self, data: bytes, seq: int | None = None) -> ShardRef:
         """Publish ``data`` as a shard without any check (for fault injection and tests).
@@ -149,69 +185,52 @@ class LandingZone:
         Readers treat such a file like any other shard: if it is not a valid event shard it is
         quarantined by :meth:`validate`.
         """
+        return self._publish(bytes(data), seq)
 
-        def write(f: BinaryIO) -> None:
-            f.write(data)
-
-        return self._publish(write, seq)
-
-    def _publish(self, write: Callable[[BinaryIO], None], seq: int | None) -> ShardRef:
-        """Write via ``write`` into a temp file, fsync, and link it under a free shard name."""
+    def _publish(self, data: bytes, seq: int | None) -> ShardRef:
+        """Publish ``data`` under the first free shard name (see the module docstring)."""
         if seq is not None:
             _check_seq(seq)
-            if (self.quarantine_dir / shard_name(seq)).exists():
+            if self._storage.exists(f"{QUARANTINE_DIR}/{shard_name(seq)}"):
                 raise FileExistsError(
                     f"seq {seq} was already used by a shard now in quarantine; "
                     "sequence numbers are never reused, pass seq=None to take the next free one"
                 )
-        self._root.mkdir(parents=True, exist_ok=True)
-        tmp = self._root / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
+
+        def candidates() -> Iterator[str]:
             target = seq if seq is not None else self._next_seq()
             while True:
-                final = self._root / shard_name(target)
-                try:
-                    os.link(tmp, final)
-                    break
-                except FileExistsError:
-                    if seq is not None:
-                        raise FileExistsError(
-                            f"shard seq {seq} already exists at {final}; "
-                            "pass seq=None to take the next free one"
-                        ) from None
-                    target = max(target + 1, self._next_seq())
-            st = tmp.stat()  # same inode as the published file, which a reader may move
-            _fsync_dir(self._root)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return ShardRef(seq=target, path=str(final), landed_at=st.st_mtime, num_bytes=st.st_size)
+                yield shard_name(target)
+                if seq is not None:
+                    return
+                target = max(target + 1, self._next_seq())
+
+        try:
+            entry = self._storage.write_first_free(candidates(), data)
+        except FileExistsError:
+            if seq is None:  # pragma: no cover - the candidates never run out
+                raise
+            raise FileExistsError(
+                f"shard seq {seq} already exists at {self._ref_path(shard_name(seq))}; "
+                "pass seq=None to take the next free one"
+            ) from None
+        return self._ref(entry)
 
     def _next_seq(self) -> int:
         """1 + the largest sequence number in the zone or its quarantine (1 when empty)."""
         # Root first, then quarantine: a shard being quarantined meanwhile is seen in one of them.
-        seqs = [seq for seq, _ in _scan(self._root, SHARD_PATTERN)]
-        seqs += [seq for seq, _ in _scan(self.quarantine_dir, _QUARANTINED_PATTERN)]
+        seqs = [seq for seq, _ in self._scan("", SHARD_PATTERN)]
+        seqs += [seq for seq, _ in self._scan(QUARANTINE_DIR, _QUARANTINED_PATTERN)]
         return max(seqs, default=0) + 1
 
     # ----------------------------------------------------------------------------------- reading
 
     def list_shards(self, after: int = 0) -> list[ShardRef]:
-        """Published shards with ``seq > after``, sorted by seq (temp and other files ignored)."""
-        refs = []
-        for seq, path in _scan(self._root, SHARD_PATTERN):
-            if seq <= after:
-                continue
-            try:
-                st = path.stat()
-            except FileNotFoundError:  # quarantined since the directory was listed
-                continue
-            refs.append(
-                ShardRef(seq=seq, path=str(path), landed_at=st.st_mtime, num_bytes=st.st_size)
-            )
+        """Published shards with ``seq > after``, sorted by seq (temp and other files ignored).
+
+        Landing times are the store's modification times (S3: one-second resolution).
+        """
+        refs = [self._ref(entry) for seq, entry in self._scan("", SHARD_PATTERN) if seq > after]
         refs.sort(key=lambda r: r.seq)
         return refs
 
@@ -219,13 +238,15 @@ class LandingZone:
         """Read and check a shard; drop (and count) rows missing a required field.
 
         Raises ``InvalidShard`` when the file is not readable parquet or its schema is not the
-        event schema, and ``FileNotFoundError`` when the file is gone (e.g. quarantined).
+        event schema, and ``FileNotFoundError`` when the file is gone (e.g. quarantined). An
+        I/O error of the store itself (a network failure) is raised as it is, never taken for
+        a bad shard.
         """
-        with open(ref.path, "rb") as f:
-            try:
-                table = pq.read_table(f)
-            except Exception as exc:  # pyarrow raises several types for a corrupt file
-                raise InvalidShard(f"not readable as parquet: {exc}") from exc
+        data = self._storage.read(self._name_of(ref))  # whole object: I/O errors raise here
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise InvalidShard(f"not readable as parquet: {exc}") from exc
         problem = schema_problem(table.schema)
         if problem is not None:
             raise InvalidShard(f"wrong schema: {problem}")
@@ -252,9 +273,26 @@ class LandingZone:
             self.quarantine(ref, exc.reason)
             return None
         except FileNotFoundError:
-            if (self.quarantine_dir / ref.name).exists():
+            if self._storage.exists(f"{QUARANTINE_DIR}/{ref.name}"):
                 return None
             raise
+
+    def read_source(self, paths: Iterable[str]) -> tuple[list[str], pafs.FileSystem | None]:
+        """What Ray Data needs to read shards of this zone from any filesystem.
+
+        ``paths`` are :attr:`ShardRef.path` values (or bare shard names). Returns
+        ``(paths, filesystem)`` for ``ray.data.read_parquet(paths, filesystem=filesystem)``:
+        locally the paths unchanged and ``None`` (Ray infers the local filesystem, as before);
+        on an object store, paths inside the bucket (``bucket/prefix/shard-...parquet``) and the
+        zone's pyarrow filesystem (endpoint included; it pickles to Ray's workers).
+        ``ValueError`` for a path outside the zone.
+        """
+        paths = list(paths)
+        names = [self._name_of_path(p) for p in paths]  # ValueError for anything else
+        if self.is_local:
+            pairs = zip(paths, names, strict=True)
+            return [p if p != n else self._ref_path(n) for p, n in pairs], None
+        return self._storage.source(names)
 
     # -------------------------------------------------------------------------------- quarantine
 
@@ -262,30 +300,37 @@ class LandingZone:
         """Move a shard into ``quarantine/`` with a reason file; return its new path.
 
         The reason file (``<name>.reason.txt``: reason and UTC time) is written first, then the
-        shard is renamed atomically. If another reader quarantined the shard first, the path it
-        was moved to is returned.
+        shard is moved (a ``rename`` locally; copy then delete on an object store). If another
+        reader quarantined the shard first, the path it was moved to is returned; on an object
+        store a shard found in both places (a move interrupted between copy and delete) of the
+        same size is taken as moved: its original is deleted.
         """
-        qdir = self.quarantine_dir
-        qdir.mkdir(parents=True, exist_ok=True)
-        dest = qdir / ref.name
+        name = self._name_of(ref)
+        q = QUARANTINE_DIR
+        dest = f"{q}/{ref.name}"
         n = 0
-        while dest.exists():
-            if not os.path.exists(ref.path):  # someone else moved it already
-                return str(dest)
+        while self._storage.exists(dest):
+            try:
+                src = self._storage.stat(name)
+            except FileNotFoundError:  # someone else moved it already
+                return self._ref_path(dest)
+            if n == 0 and not self.is_local and src.size == self._storage.size(dest):
+                self._storage.delete(name)  # finish an interrupted copy-then-delete move
+                return self._ref_path(dest)
             n += 1
-            dest = qdir / f"{ref.name}.dup{n}"
+            dest = f"{q}/{ref.name}.dup{n}"
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         text = f"{reason}\nquarantined_at: {stamp}\nshard: {ref.name}\n"
-        _write_atomic(qdir / f"{dest.name}{_REASON_SUFFIX}", text.encode())
+        self._storage.write_atomic(f"{dest}{_REASON_SUFFIX}", text.encode())
         try:
-            os.rename(ref.path, dest)
+            self._storage.move(name, dest)
         except FileNotFoundError:
-            if dest.exists():
-                return str(dest)
+            if self._storage.exists(dest):
+                return self._ref_path(dest)
             raise
-        _fsync_dir(qdir)
-        _fsync_dir(self._root)
-        return str(dest)
+        except FileExistsError:  # another reader's move landed first
+            return self._ref_path(dest)
+        return self._ref_path(dest)
 
     def quarantined(self) -> list[tuple[str, str]]:
         """``(file name, reason)`` of each quarantined shard, sorted by name.
@@ -293,50 +338,89 @@ class LandingZone:
         The reason is the first line of its reason file (``""`` if that file is missing).
         """
         out = []
-        for _, path in _scan(self.quarantine_dir, _QUARANTINED_PATTERN):
-            reason_file = path.with_name(path.name + _REASON_SUFFIX)
+        for _, entry in self._scan(QUARANTINE_DIR, _QUARANTINED_PATTERN):
             try:
-                reason = reason_file.read_text().split("\n", 1)[0]
+                text = self._storage.read(f"{QUARANTINE_DIR}/{entry.name}{_REASON_SUFFIX}")
+                reason = text.decode("utf-8", errors="replace").split("\n", 1)[0]
             except FileNotFoundError:
                 reason = ""
-            out.append((path.name, reason))
+            out.append((entry.name, reason))
         out.sort()
         return out
+
+    def quarantined_seqs(self) -> set[int]:
+        """Sequence numbers of the quarantined shards: one listing, no reason file read (what a
+        reader polling for gaps needs; on an object store :meth:`quarantined` costs one GET
+        per quarantined shard)."""
+        return {seq for seq, _ in self._scan(QUARANTINE_DIR, _QUARANTINED_PATTERN)}
 
     # ------------------------------------------------------------------------- producer marker
 
     def mark_done(self) -> None:
         """Say that the producer has finished (writes ``_PRODUCER_DONE`` atomically)."""
-        self._root.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).isoformat()
-        _write_atomic(self._root / DONE_MARKER, f"{stamp}\n".encode())
+        self._storage.write_atomic(DONE_MARKER, f"{stamp}\n".encode())
 
     def is_done(self) -> bool:
         """Whether the producer has said it has finished."""
-        return (self._root / DONE_MARKER).exists()
+        return self._storage.exists(DONE_MARKER)
 
     def clear_done(self) -> None:
         """Remove the completion marker (a producer starting again on this zone calls it)."""
-        (self._root / DONE_MARKER).unlink(missing_ok=True)
+        self._storage.delete(DONE_MARKER)
+
+    # ---------------------------------------------------------------------------------- helpers
+
+    def _scan(self, prefix: str, pattern: re.Pattern[str]) -> list[tuple[int, StoredFile]]:
+        """``(seq, entry)`` of the files under ``prefix`` whose names match ``pattern``."""
+        out = []
+        for entry in self._storage.list(prefix):
+            m = pattern.match(entry.name)
+            if m is not None and not entry.is_dir:
+                out.append((int(m.group(1)), entry))
+        return out
+
+    def _ref(self, entry: StoredFile) -> ShardRef:
+        m = SHARD_PATTERN.match(entry.name)
+        if m is None:  # pragma: no cover - only shard names are published
+            raise ValueError(f"not a shard name: {entry.name!r}")
+        return ShardRef(
+            seq=int(m.group(1)),
+            path=self._ref_path(entry.name),
+            landed_at=entry.mtime if entry.mtime is not None else 0.0,
+            num_bytes=entry.size,
+        )
+
+    def _ref_path(self, name: str) -> str:
+        """The :attr:`ShardRef.path` of ``name``: a path under the root as given (local), or a
+        URI (object stores)."""
+        if self._local_root is not None:
+            return str(self._local_root / name)
+        return f"{self.uri}/{name}"
+
+    def _name_of(self, ref: ShardRef) -> str:
+        """The storage name of a shard of this zone (a shard sits directly under the root)."""
+        return ref.name
+
+    def _name_of_path(self, path: str) -> str:
+        """The shard name of a :attr:`ShardRef.path` (or bare name) of this zone."""
+        name = posixpath.basename(path)
+        if path != name:
+            prefix = posixpath.dirname(path)
+            if self.is_local:
+                bare = os.path.abspath(prefix.removeprefix("file://"))
+            else:
+                bare = prefix.split("://", 1)[1] if "://" in prefix else prefix
+            if bare.rstrip("/") != self._storage.root:
+                raise ValueError(f"{path!r} is not a shard of the landing zone {self.uri}")
+        if SHARD_PATTERN.match(name) is None:
+            raise ValueError(f"{path!r} is not a shard name (shard-NNNNNNNNNNNN.parquet)")
+        return name
 
 
 def _check_seq(seq: int) -> None:
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= _MAX_SEQ:
         raise ValueError(f"shard seq must be an int in [1, {_MAX_SEQ}], got {seq!r}")
-
-
-def _scan(directory: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]]:
-    """``(seq, path)`` of the entries of ``directory`` whose names match ``pattern``."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    out = []
-    for name in names:
-        m = pattern.match(name)
-        if m is not None:
-            out.append((int(m.group(1)), directory / name))
-    return out
 
 
 def _time_range(table: pa.Table) -> tuple[datetime | None, datetime | None]:
@@ -348,30 +432,3 @@ def _time_range(table: pa.Table) -> tuple[datetime | None, datetime | None]:
     if lo is None or hi is None:
         return None, None
     return lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via an fsynced temp file in the same directory and a rename."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a directory's entries durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -7,6 +7,9 @@
 * Stopping: ``request_stop()`` writes ``<registry>/STOP``; the trainer finishes and checkpoints
   the window it is on, then returns. ``freshrank train`` does this on SIGTERM/SIGINT, which is
   what ``ray job stop`` sends.
+
+Both files live wherever the registry does (a local path or an object store URI): each is one
+whole-file write (atomic rename locally, one PUT on an object store).
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 
-from freshrank.registry.store import atomic_write_bytes
+from freshrank.storage import Storage, StorageOptions
 
 
 class FencedOut(RuntimeError):
@@ -27,28 +29,25 @@ class FencedOut(RuntimeError):
 class TrainerControl:
     """Lease and stop flag of the trainer writing to one registry."""
 
-    def __init__(self, registry_root: str | os.PathLike[str]) -> None:
-        self.root = Path(registry_root)
+    def __init__(
+        self, registry_root: str | os.PathLike[str], options: StorageOptions | None = None
+    ) -> None:
+        self.storage = Storage(registry_root, options)
 
-    @property
-    def _lease(self) -> Path:
-        return self.root / "TRAINER_LEASE"
-
-    @property
-    def _stop(self) -> Path:
-        return self.root / "STOP"
+    _lease = "TRAINER_LEASE"
+    _stop = "STOP"
 
     def claim(self) -> str:
         """Take the lease for a new trainer epoch and return it."""
         epoch = f"{time.time():.6f}-{uuid.uuid4().hex[:8]}"
         record = {"epoch": epoch, "pid": os.getpid(), "at": time.time()}
-        atomic_write_bytes(self._lease, json.dumps(record).encode())
+        self.storage.write_atomic(self._lease, json.dumps(record).encode())
         return epoch
 
     def holder(self) -> str | None:
         """The epoch holding the lease, or None when no trainer has claimed it."""
         try:
-            return str(json.loads(self._lease.read_text())["epoch"])
+            return str(json.loads(self.storage.read(self._lease))["epoch"])
         except FileNotFoundError:
             return None
 
@@ -60,12 +59,13 @@ class TrainerControl:
 
     def request_stop(self, reason: str = "") -> None:
         """Ask the running trainer to stop after the window it is on."""
-        atomic_write_bytes(self._stop, json.dumps({"at": time.time(), "reason": reason}).encode())
+        record = {"at": time.time(), "reason": reason}
+        self.storage.write_atomic(self._stop, json.dumps(record).encode())
 
     def stop_requested(self) -> bool:
         """True when a stop was requested and not cleared."""
-        return self._stop.exists()
+        return self.storage.exists(self._stop)
 
     def clear_stop(self) -> None:
         """Forget an earlier stop request (done when a trainer starts)."""
-        self._stop.unlink(missing_ok=True)
+        self.storage.delete(self._stop, missing_ok=True)

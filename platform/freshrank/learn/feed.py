@@ -138,9 +138,4 @@ _SEQ_RE = re.compile(r"shard-(\d+)\.parquet$")
 
 
 def _quarantined_seqs(landing: LandingZone) -> set[int]:
-    out = set()
-    for name, _reason in landing.quarantined():
-        m = _SEQ_RE.search(name)
-        if m:
-            out.add(int(m.group(1)))
-    return out
+    return landing.quarantined_seqs()  # one listing; no reason file read (a GET each on S3)

@@ -75,7 +75,12 @@ def run_training(config: TrainConfig) -> TrainSummary:
     before = set(registry.list_versions())
     control = TrainerControl(config.registry)
     control.clear_stop()
-    storage = config.storage_path or os.path.abspath(os.path.join(config.registry, "_ray_train"))
+    if config.storage_path:
+        storage, storage_fs = config.storage_path, None
+    elif registry.is_local:
+        storage, storage_fs = os.path.abspath(os.path.join(config.registry, "_ray_train")), None
+    else:  # Ray Train's run state next to the registry, on the same object store
+        storage, storage_fs = registry.storage.path("_ray_train"), registry.storage.fs
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"config": config},
@@ -84,6 +89,7 @@ def run_training(config: TrainConfig) -> TrainSummary:
         run_config=RunConfig(
             name="freshrank-trainer",
             storage_path=storage,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
     )
@@ -446,7 +452,10 @@ def _train_window(
     rows), train with the strategy, sketch for drift. Same collectives on every rank."""
     rank, world = _rank_world()
     t0 = time.perf_counter()
-    rows, requests = _read_shards(_assign(plan.window.shards, rank, world), features)
+    paths, filesystem = LandingZone(config.landing).read_source(
+        _assign(plan.window.shards, rank, world)
+    )
+    rows, requests = _read_shards(paths, features, filesystem)
     n_local = num_rows(rows)
     counts = _all_gather(n_local)
     read_at = time.time()
@@ -653,16 +662,20 @@ def _warm_up_reader(features: FeatureConfig, registry: Registry, rank: int) -> N
     The first execution in a fresh worker pays for starting processes and importing torch
     (about 20 s measured on 2 cores); paying it here keeps it out of the first window's latency.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from freshrank.features.encode import candidates_table
 
     # One row (an empty file would plan no read task and start nothing); it has no event id,
-    # so the read drops it like any row missing a required field.
-    path = registry.root / "_warmup" / f"rank{rank}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(candidates_table("warmup", "warm up", [{"item_id": "w"}]), path)
-    _read_shards([str(path)], features)
+    # so the read drops it like any row missing a required field. Written where the registry
+    # lives, so the warm-up also checks that the workers can read from there.
+    sink = pa.BufferOutputStream()
+    pq.write_table(candidates_table("warmup", "warm up", [{"item_id": "w"}]), sink)
+    name = f"_warmup/rank{rank}.parquet"
+    registry.storage.write_atomic(name, sink.getvalue().to_pybytes())
+    paths, filesystem = registry.storage.source([name])
+    _read_shards(paths, features, filesystem)
 
 
 def _assign(shards: tuple[ShardPlan, ...], rank: int, world: int) -> list[str]:
@@ -682,7 +695,7 @@ def _assign(shards: tuple[ShardPlan, ...], rank: int, world: int) -> list[str]:
 
 
 def _read_shards(
-    paths: list[str], features: FeatureConfig
+    paths: list[str], features: FeatureConfig, filesystem: Any = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Read and encode shards through Ray Data (``read_parquet -> map_batches(encode)``).
 
@@ -692,7 +705,7 @@ def _read_shards(
         return encode(empty_events(), features), np.zeros(0, dtype=str)
     import ray.data
 
-    ds = ray.data.read_parquet(paths).map_batches(
+    ds = ray.data.read_parquet(paths, filesystem=filesystem).map_batches(
         _encode_batch, batch_format="pyarrow", fn_kwargs={"features": features}
     )
     parts = [b for b in ds.iter_batches(batch_size=None, batch_format="numpy") if len(b["label"])]

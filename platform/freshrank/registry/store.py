@@ -1,27 +1,44 @@
 """Versioned checkpoints with a manifest, checksums and a champion pointer.
 
-Layout under the registry root::
+A registry lives on any filesystem :mod:`freshrank.storage` resolves: a local path, ``file://``,
+``s3://bucket/prefix`` (AWS or any S3-compatible store), ``gs://bucket/prefix``. Layout under
+its root::
 
-    versions/v000001/            one directory per version, published by an atomic rename
+    versions/v000001/            one directory (prefix) per version
         model.pt                 weights (torch state_dict, loaded with weights_only=True)
         optimizer.pt             optimizer state (same)
         replay.npz               replay buffer (numpy only, loaded with allow_pickle=False)
         manifest.json            version, parent, model config, cursor, watermark, metrics,
                                  sha256 and size of every file above
         manifest.json.sha256     sha256 of manifest.json itself (a tampered or truncated
-                                 manifest is refused too)
-    CHAMPION                     {"version": N, ...}, replaced atomically
+                                 manifest is refused too); written last: the publish marker
+    CHAMPION                     {"version": N, ...}, replaced as a whole
     PINNED                       {"version": N, ...} when an operator pinned a version; serving
                                  replicas serve it instead of the champion while it exists
-    promotions.jsonl             one line per event: promoted / rejected / rolled_back / error /
-                                 pinned / unpinned / pruned, each with when, from, to and why
-    .lock                        advisory lock: pointer changes and pruning are serialised
+    TRAINER                      what the trainer is doing (state, version, cursor, time)
+    promotions.jsonl             local: one line per event (promoted / rejected / rolled_back /
+                                 error / pinned / unpinned / pruned), each with when, from, to
+                                 and why
+    promotions/<ns>-<id>.json    object stores: one object per event (there is no append)
+    .lock                        local: advisory lock serialising pointer changes and pruning
 
-A reader never sees a half-written version: files are written into a temporary directory
-which is renamed into place only once the manifest is in it; pruning renames a version out of
-``versions/`` before deleting it. A version whose files do not match their checksums, whose
-manifest does not match its own checksum, or that lacks a required file is refused
-(``CorruptVersion``), never loaded.
+What is atomic where:
+
+* Publishing a version: locally its files are written into a temporary directory that is
+  renamed into place whole. On an object store the files are PUT first, then ``manifest.json``,
+  then ``manifest.json.sha256`` **last**: a version exists (is listed) once both are there, so a
+  crashed publish leaves an unlisted prefix that :meth:`Registry.prune` sweeps after an hour.
+* A version whose files do not match their checksums, whose manifest does not match its own
+  checksum, or that lacks a required file is refused (``CorruptVersion``), never loaded: on
+  every filesystem the bytes that are loaded are the bytes that were checked.
+* ``CHAMPION``, ``PINNED``, ``TRAINER``: an atomic replace locally (temp file + rename) and one
+  whole-object PUT on an object store; readers see the old record or the new one. Locally the
+  champion's compare-and-set runs under an ``fcntl`` lock; object stores have no lock, so there
+  the last writer wins (within one process the registry still serialises its own writers). That
+  is safe because a registry has one writer of record, the trainer holding the lease, and
+  operators' ``freshrank registry promote/rollback/pin`` are rare, explicit and logged.
+* Pruning: locally a version is renamed out of ``versions/`` before it is deleted; on an object
+  store its marker goes first, so it stops being listed before its files go.
 """
 
 from __future__ import annotations
@@ -33,12 +50,11 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,11 +62,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from freshrank.storage import Storage, StorageOptions, is_uri, write_local_atomic
+
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.json.sha256"
+VERSIONS_DIR = "versions"
+PROMOTIONS_LOG = "promotions.jsonl"
+PROMOTIONS_DIR = "promotions"
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
 _RESERVED_NAMES = frozenset({MANIFEST, MANIFEST_DIGEST})
 _STALE_TMP_S = 3600.0
+_PROCESS_LOCKS: dict[str, threading.Lock] = {}
+_PROCESS_LOCKS_GUARD = threading.Lock()
 
 EVENT_KINDS: tuple[str, ...] = (
     "promoted",
@@ -61,7 +84,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "unpinned",
     "pruned",
 )
-"""Kinds of lines in ``promotions.jsonl``."""
+"""Kinds of promotion log events."""
 
 
 class CorruptVersion(RuntimeError):
@@ -81,10 +104,14 @@ _UNSET: Any = object()
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """A published version: its number, directory and manifest."""
+    """A published version: its number, directory and manifest.
+
+    ``path`` is the version's directory: a ``Path`` on a local filesystem, a URI string
+    (``s3://bucket/registry/versions/v000003``) on an object store.
+    """
 
     version: int
-    path: Path
+    path: Path | str
     manifest: dict[str, Any]
 
 
@@ -98,19 +125,9 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to the local file ``path`` so that readers see the old file or the new
+    one, never half (:func:`freshrank.storage.write_local_atomic`)."""
+    write_local_atomic(path, data)
 
 
 def torch_bytes(obj: Mapping[str, Any]) -> bytes:
@@ -128,16 +145,52 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 class Registry:
-    """The versions of one model line, and which of them is champion."""
+    """The versions of one model line, and which of them is champion.
 
-    def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+    ``root`` is a local path or a URI (``s3://bucket/registry``, ``gs://...``); ``options`` says
+    how to reach an S3-compatible endpoint the URI cannot name. See the module docstring for
+    what each operation guarantees where.
+    """
+
+    def __init__(self, root: str | os.PathLike, options: StorageOptions | None = None) -> None:
+        self._storage = Storage(root, options)
+        local = Path(self._storage.root) if is_uri(root) else Path(root)
+        self._local_root: Path | None = local if self._storage.is_local else None
         self._lock_state = threading.local()
+        self._event_cache: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"Registry({self.uri!r})"
+
+    @property
+    def storage(self) -> Storage:
+        """The storage the registry lives on (filesystem, root path, primitives)."""
+        return self._storage
+
+    @property
+    def uri(self) -> str:
+        """The registry's root as a local path or a URI (``s3://bucket/registry``)."""
+        return self._storage.uri
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the registry is on a local filesystem (then :attr:`root` is a ``Path``)."""
+        return self._storage.is_local
+
+    @property
+    def root(self) -> Path:
+        """The local directory of the registry (``ValueError`` on an object store: use
+        :attr:`uri` or :attr:`storage` there)."""
+        if self._local_root is None:
+            raise ValueError(
+                f"the registry {self.uri} is not a local directory: use .uri or .storage for it"
+            )
+        return self._local_root
 
     @property
     def versions_dir(self) -> Path:
-        """Where version directories live."""
-        return self.root / "versions"
+        """Where version directories live (local registries)."""
+        return self.root / VERSIONS_DIR
 
     # ----- writing ---------------------------------------------------------------------------
     def publish(
@@ -150,50 +203,43 @@ class Registry:
 
         ``manifest`` is completed with ``version``, ``created_at`` and ``files`` (sha256 and
         size of each). The version number is the next free one unless given; publishing a
-        number that exists raises ``FileExistsError``.
+        number that exists raises ``FileExistsError``. Locally the version appears whole (one
+        directory rename); on an object store its manifest checksum is written last and marks
+        it published (see the module docstring).
         """
         for name in files:
-            if "/" in name or name.startswith(".") or name in _RESERVED_NAMES:
+            if "/" in name or name.startswith(".") or name in _RESERVED_NAMES or not name:
                 raise ValueError(f"bad checkpoint file name {name!r}")
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.versions_dir / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            entries = {}
-            for name, data in files.items():
-                (tmp / name).write_bytes(data)
-                entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-            while True:
-                number = version if version is not None else self._next_version()
-                full = dict(manifest)
-                full.update(version=number, created_at=time.time(), files=entries)
-                text = json.dumps(full, indent=2, sort_keys=True).encode()
-                (tmp / MANIFEST).write_bytes(text)
-                (tmp / MANIFEST_DIGEST).write_text(hashlib.sha256(text).hexdigest())
-                _fsync_dir_files(tmp)
-                target = self.versions_dir / f"v{number:06d}"
-                try:
-                    os.rename(tmp, target)
-                except OSError as exc:
-                    if target.exists() and version is None:
-                        continue  # another writer took it: try the next number
-                    raise FileExistsError(
-                        f"version {number} already exists in {self.root}"
-                    ) from exc
-                return VersionInfo(number, target, full)
-        except BaseException:
-            if tmp.exists():
-                for p in tmp.iterdir():
-                    p.unlink()
-                tmp.rmdir()
-            raise
+        entries = {
+            name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            for name, data in files.items()
+        }
+        while True:
+            number = version if version is not None else self._next_version()
+            full = dict(manifest)
+            full.update(version=number, created_at=time.time(), files=entries)
+            text = json.dumps(full, indent=2, sort_keys=True).encode()
+            digest = hashlib.sha256(text).hexdigest().encode()
+            payload = {**files, MANIFEST: text, MANIFEST_DIGEST: digest}  # the digest goes last
+            try:
+                self._storage.publish_dir(
+                    payload, self._version_name(number), marker=MANIFEST_DIGEST
+                )
+            except FileExistsError:
+                if version is None:
+                    continue  # another writer took it: try the next number
+                raise FileExistsError(f"version {number} already exists in {self.uri}") from None
+            return VersionInfo(number, self._version_path(number), full)
 
     def _next_version(self) -> int:
-        latest = self.latest_version()
+        """1 + the largest version number with a directory, published or not (a crashed
+        publish's leftovers on an object store are never written into)."""
         taken = [
-            int(m.group(1)) for p in self.versions_dir.iterdir() if (m := _VERSION_RE.match(p.name))
+            int(m.group(1))
+            for entry in self._storage.list(VERSIONS_DIR)
+            if entry.is_dir and (m := _VERSION_RE.match(entry.name))
         ]
-        return max([latest or 0, *taken]) + 1
+        return max(taken, default=0) + 1
 
     def set_champion(
         self,
@@ -204,12 +250,14 @@ class Registry:
         kind: str = "promoted",
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        """Point the champion at ``version`` (atomically) and log it.
+        """Point the champion at ``version`` and log it.
 
         The version is verified first (a corrupt or missing version raises and the pointer
         stays). When ``expected`` is given and the champion is no longer that version (another
         writer moved it since the caller looked), raises ``ChampionChanged``. ``kind`` is the
-        log entry (``promoted``; ``rolled_back`` from :meth:`rollback`).
+        log entry (``promoted``; ``rolled_back`` from :meth:`rollback`). Locally the check and
+        the write are one step under the registry's lock; on object stores they are one step
+        only within this process (see the module docstring).
         """
         with self._locked():
             self.verify(version)
@@ -219,7 +267,7 @@ class Registry:
                     f"champion is v{previous}, expected v{expected}: not promoting v{version}"
                 )
             record = {"version": int(version), "promoted_at": time.time(), "reason": reason}
-            atomic_write_bytes(self.root / "CHAMPION", json.dumps(record).encode())
+            self._storage.write_atomic("CHAMPION", json.dumps(record).encode())
             fields = {"to_version": int(version), "from_version": previous, "reason": reason}
             self.log_event(kind, **fields, **(details or {}))
 
@@ -234,7 +282,7 @@ class Registry:
         with self._locked():
             target = self.rollback_target() if to_version is None else int(to_version)
             if target is None:
-                raise NoRollbackTarget(f"no earlier champion to roll back to in {self.root}")
+                raise NoRollbackTarget(f"no earlier champion to roll back to in {self.uri}")
             self.set_champion(target, reason=reason or "rollback", kind="rolled_back")
             return target
 
@@ -277,14 +325,14 @@ class Registry:
             self.verify(version)
             previous = self.pinned_version()
             record = {"version": int(version), "pinned_at": time.time(), "reason": reason}
-            atomic_write_bytes(self.root / "PINNED", json.dumps(record).encode())
+            self._storage.write_atomic("PINNED", json.dumps(record).encode())
             self.log_event("pinned", to_version=int(version), from_version=previous, reason=reason)
 
     def unpin(self, reason: str = "") -> int | None:
         """Remove the pin (serving follows the champion again); returns the version it named."""
         with self._locked():
             previous = self.pinned_version()
-            (self.root / "PINNED").unlink(missing_ok=True)
+            self._storage.delete("PINNED")
             if previous is not None:
                 self.log_event(
                     "unpinned",
@@ -298,9 +346,10 @@ class Registry:
         """Delete all versions but the newest ``keep_last``, the champion, the pinned version
         and the default rollback target; returns the deleted version numbers.
 
-        A version is first renamed out of ``versions/`` (so readers never list a half-deleted
-        one), then removed. Temporary directories of crashed publishes older than an hour go
-        too.
+        A version stops being listed before any of its files go: locally it is first renamed
+        out of ``versions/``; on an object store its marker (``manifest.json.sha256``) is
+        deleted first. Leftovers of crashed publishes older than an hour go too (local temp
+        directories; unmarked version prefixes on an object store).
         """
         if not isinstance(keep_last, int) or keep_last < 1:
             raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
@@ -312,33 +361,44 @@ class Registry:
             for version in versions:
                 if version in keep:
                     continue
-                source = self.versions_dir / f"v{version:06d}"
-                trash = self.versions_dir / f".trash-{uuid.uuid4().hex}"
-                os.rename(source, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                self._storage.delete_dir(self._version_name(version), marker=MANIFEST_DIGEST)
                 removed.append(version)
-            now = time.time()
-            for p in self.versions_dir.glob(".t*-*") if self.versions_dir.is_dir() else ():
-                with contextlib.suppress(OSError):
-                    if p.name.startswith(".trash-") or now - p.stat().st_mtime > _STALE_TMP_S:
-                        shutil.rmtree(p, ignore_errors=True)
+            self._storage.sweep(VERSIONS_DIR, marker=MANIFEST_DIGEST, min_age_s=_STALE_TMP_S)
+            for entry in self._storage.list(VERSIONS_DIR):  # trash of earlier releases' prune
+                if entry.is_dir and entry.name.startswith(".trash-"):
+                    self._storage.delete_dir(f"{VERSIONS_DIR}/{entry.name}", marker=None)
             if removed:
                 self.log_event("pruned", versions=removed, keep_last=keep_last, reason="retention")
         return removed
 
     def log_event(self, kind: str, **fields: Any) -> None:
-        """Append one line to ``promotions.jsonl``: ``at`` (unix time), ``kind`` and ``fields``
-        (by convention ``from_version``, ``to_version``, ``reason``)."""
+        """Log one event: ``at`` (unix time), ``kind`` and ``fields`` (by convention
+        ``from_version``, ``to_version``, ``reason``).
+
+        Locally one line appended to ``promotions.jsonl``; on an object store, which cannot
+        append, one object ``promotions/<unix ns>-<random>.json`` (never overwritten: the name
+        is unique).
+        """
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown promotion log kind {kind!r}; known: {EVENT_KINDS}")
-        self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"at": time.time(), "kind": kind, **fields}, sort_keys=True)
-        with open(self.root / "promotions.jsonl", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        now_ns = time.time_ns()
+        line = json.dumps({"at": now_ns / 1e9, "kind": kind, **fields}, sort_keys=True)
+        if self.is_local:
+            os.makedirs(self._storage.root, exist_ok=True)
+            with open(self._storage.path(PROMOTIONS_LOG), "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+            return
+        name = f"{PROMOTIONS_DIR}/{now_ns:020d}-{uuid.uuid4().hex[:12]}.json"
+        self._storage.write_atomic(name, line.encode())
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the registry's advisory lock (re-entrant within one thread of this object)."""
+        """Hold the registry's lock (re-entrant within one thread of this object).
+
+        Locally an advisory ``fcntl`` lock on ``.lock`` (all processes on the machine, and
+        those sharing the filesystem where it supports ``flock``); on object stores a lock of
+        this process only (see the module docstring).
+        """
         depth = getattr(self._lock_state, "depth", 0)
         if depth:
             self._lock_state.depth = depth + 1
@@ -347,39 +407,41 @@ class Registry:
             finally:
                 self._lock_state.depth -= 1
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        with self._file_lock() if self.is_local else _process_lock(self.uri):
             self._lock_state.depth = 1
             try:
                 yield
             finally:
                 self._lock_state.depth = 0
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        os.makedirs(self._storage.root, exist_ok=True)
+        with open(self._storage.path(".lock"), "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def write_trainer_status(self, status: Mapping[str, Any]) -> None:
         """Record what the trainer is doing (``TRAINER``: state, version, cursor, time)."""
         record = {**status, "at": time.time(), "pid": os.getpid()}
-        atomic_write_bytes(self.root / "TRAINER", json.dumps(record).encode())
+        self._storage.write_atomic("TRAINER", json.dumps(record).encode())
 
     def trainer_status(self) -> dict[str, Any] | None:
         """The trainer's last recorded status, or None when no trainer has run here."""
         try:
-            return json.loads((self.root / "TRAINER").read_text())
+            return json.loads(self._storage.read("TRAINER"))
         except FileNotFoundError:
             return None
 
     # ----- reading ---------------------------------------------------------------------------
     def list_versions(self) -> list[int]:
-        """Published version numbers, ascending."""
-        if not self.versions_dir.is_dir():
-            return []
-        out = []
-        for p in self.versions_dir.iterdir():
-            m = _VERSION_RE.match(p.name)
-            if m and (p / MANIFEST).is_file():
-                out.append(int(m.group(1)))
-        return sorted(out)
+        """Published version numbers, ascending: those with a manifest and its checksum (on an
+        object store, a publish that has not finished, or crashed, is not listed)."""
+        names = self._storage.published(VERSIONS_DIR, marker=MANIFEST_DIGEST, require=(MANIFEST,))
+        return sorted(int(m.group(1)) for n in names if (m := _VERSION_RE.match(n)))
 
     def latest_version(self) -> int | None:
         """The newest published version, or None when there is none."""
@@ -388,11 +450,11 @@ class Registry:
 
     def champion_version(self) -> int | None:
         """The version the champion pointer names, or None before the first promotion."""
-        return _read_pointer(self.root / "CHAMPION")
+        return self._read_pointer("CHAMPION")
 
     def pinned_version(self) -> int | None:
         """The version pinned with :meth:`pin`, or None."""
-        return _read_pointer(self.root / "PINNED")
+        return self._read_pointer("PINNED")
 
     def serving_target(self) -> int | None:
         """What serving replicas should serve: the pinned version if any, else the champion."""
@@ -401,23 +463,42 @@ class Registry:
 
     def get(self, version: int) -> VersionInfo:
         """A version's manifest (not verified; see :meth:`verify`)."""
-        path = self.versions_dir / f"v{version:06d}"
         try:
-            manifest = json.loads((path / MANIFEST).read_bytes())
+            raw = self._storage.read(f"{self._version_name(version)}/{MANIFEST}")
         except FileNotFoundError:
-            raise KeyError(f"no version {version} in registry {self.root}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptVersion(f"version {version}: {MANIFEST} is not valid JSON") from exc
-        if not isinstance(manifest, dict):
-            raise CorruptVersion(f"version {version}: {MANIFEST} is not a JSON object")
-        return VersionInfo(version, path, manifest)
+            raise KeyError(f"no version {version} in registry {self.uri}") from None
+        return VersionInfo(version, self._version_path(version), _parse_manifest(version, raw))
 
     def promotions(self) -> list[dict[str, Any]]:
-        """Every line of the promotion log, oldest first."""
-        path = self.root / "promotions.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """Every logged event, oldest first.
+
+        Reads ``promotions.jsonl`` (local registries; a line still being appended is left for
+        the next call) and the one-object-per-event ``promotions/`` of object stores, merged by
+        time. Event objects are immutable, so each is fetched once per ``Registry`` object.
+        """
+        events: list[dict[str, Any]] = []
+        try:
+            text = self._storage.read(PROMOTIONS_LOG).decode("utf-8")
+        except FileNotFoundError:
+            text = ""
+        for line in text.split("\n")[:-1]:  # the part after the last newline is incomplete
+            if line.strip():
+                events.append(json.loads(line))
+        names = [
+            f"{PROMOTIONS_DIR}/{e.name}"
+            for e in self._storage.list(PROMOTIONS_DIR)
+            if not e.is_dir and e.name.endswith(".json")
+        ]
+        if not names:
+            return events
+        missing = [n for n in names if n not in self._event_cache]
+        if missing:
+            with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+                for name, data in zip(missing, pool.map(self._read_or_none, missing), strict=True):
+                    if data is not None:
+                        self._event_cache[name] = json.loads(data)
+        events += [self._event_cache[n] for n in names if n in self._event_cache]
+        return sorted(events, key=lambda e: float(e.get("at") or 0.0))  # stable: ties keep order
 
     def verify(self, version: int, required: Iterable[str] = ()) -> VersionInfo:
         """Check ``version`` against its manifest and the manifest against its own checksum.
@@ -425,62 +506,125 @@ class Registry:
         Raises ``CorruptVersion`` when the manifest is missing its checksum, does not match it,
         is not JSON or names another version; when a file is missing, has another size or fails
         its sha256; or when a ``required`` file is not in the manifest. ``KeyError`` when the
-        version does not exist.
+        version does not exist. The same on every filesystem (files are hashed as streamed).
         """
-        path = self.versions_dir / f"v{version:06d}"
+        base = self._version_name(version)
         try:
-            raw = (path / MANIFEST).read_bytes()
+            raw = self._storage.read(f"{base}/{MANIFEST}")
         except FileNotFoundError:
-            raise KeyError(f"no version {version} in registry {self.root}") from None
+            raise KeyError(f"no version {version} in registry {self.uri}") from None
         try:
-            recorded = (path / MANIFEST_DIGEST).read_bytes()
+            recorded = self._storage.read(f"{base}/{MANIFEST_DIGEST}")
         except FileNotFoundError:
             raise CorruptVersion(f"version {version}: {MANIFEST_DIGEST} is missing") from None
         if hashlib.sha256(raw).hexdigest().encode() != recorded:
             raise CorruptVersion(f"version {version}: {MANIFEST} fails its sha256 check")
-        info = self.get(version)
-        if info.manifest.get("version") != version:
+        manifest = _parse_manifest(version, raw)  # the bytes just checked, not a second read
+        if manifest.get("version") != version:
             raise CorruptVersion(
-                f"version {version}: manifest names version {info.manifest.get('version')}"
+                f"version {version}: manifest names version {manifest.get('version')}"
             )
-        files = info.manifest.get("files")
+        files = manifest.get("files")
         if not isinstance(files, dict):
             raise CorruptVersion(f"version {version}: manifest lists no files")
         for name in required:
             if name not in files:
                 raise CorruptVersion(f"version {version}: manifest lacks required file {name}")
         for name, entry in files.items():
-            path = info.path / name
-            if not path.is_file():
-                raise CorruptVersion(f"version {version}: file {name} is missing")
-            size = path.stat().st_size
-            if size != entry["bytes"]:
+            expected_size, expected_sha = _file_entry(version, name, entry)
+            try:
+                size = self._storage.size(f"{base}/{name}")
+            except FileNotFoundError:
+                raise CorruptVersion(f"version {version}: file {name} is missing") from None
+            if size != expected_size:
                 raise CorruptVersion(
-                    f"version {version}: {name} has {size} bytes, manifest says {entry['bytes']}"
+                    f"version {version}: {name} has {size} bytes, manifest says {expected_size}"
                 )
-            if sha256_file(path) != entry["sha256"]:
+            try:
+                actual = self._storage.sha256(f"{base}/{name}")
+            except FileNotFoundError:
+                raise CorruptVersion(f"version {version}: file {name} is missing") from None
+            if actual != expected_sha:
                 raise CorruptVersion(f"version {version}: {name} fails its sha256 check")
-        return info
+        return VersionInfo(version, self._version_path(version), manifest)
 
     def load_torch(self, info: VersionInfo, name: str) -> dict[str, Any]:
-        """Load a torch file of a verified version without unpickling code."""
-        with open(info.path / name, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
+        """Load a torch file of a verified version without unpickling code.
+
+        The bytes loaded are checked against the manifest's sha256 first (``CorruptVersion``
+        when they changed since :meth:`verify`).
+        """
+        data = self._checked_bytes(info, name)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
     def load_npz(self, info: VersionInfo, name: str) -> dict[str, np.ndarray]:
-        """Load an npz file of a verified version (object arrays refused)."""
-        with np.load(info.path / name, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        """Load an npz file of a verified version (object arrays refused; bytes checked
+        against the manifest's sha256 first)."""
+        data = self._checked_bytes(info, name)
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return {k: arrays[k] for k in arrays.files}
+
+    # ----- helpers ---------------------------------------------------------------------------
+    def _version_name(self, version: int) -> str:
+        return f"{VERSIONS_DIR}/v{int(version):06d}"
+
+    def _version_path(self, version: int) -> Path | str:
+        name = self._version_name(version)
+        return self._local_root / name if self._local_root is not None else f"{self.uri}/{name}"
+
+    def _read_pointer(self, name: str) -> int | None:
+        try:
+            return int(json.loads(self._storage.read(name))["version"])
+        except FileNotFoundError:
+            return None
+
+    def _read_or_none(self, name: str) -> bytes | None:
+        try:
+            return self._storage.read(name)
+        except FileNotFoundError:
+            return None
+
+    def _checked_bytes(self, info: VersionInfo, name: str) -> bytes:
+        files = info.manifest.get("files")
+        if not isinstance(files, dict) or name not in files:
+            raise CorruptVersion(f"version {info.version}: manifest lists no file {name}")
+        _, expected_sha = _file_entry(info.version, name, files[name])
+        try:
+            data = self._storage.read(f"{self._version_name(info.version)}/{name}")
+        except FileNotFoundError:
+            raise CorruptVersion(f"version {info.version}: file {name} is missing") from None
+        if hashlib.sha256(data).hexdigest() != expected_sha:
+            raise CorruptVersion(f"version {info.version}: {name} fails its sha256 check")
+        return data
 
 
-def _read_pointer(path: Path) -> int | None:
+def _parse_manifest(version: int, raw: bytes) -> dict[str, Any]:
     try:
-        return int(json.loads(path.read_text())["version"])
-    except FileNotFoundError:
-        return None
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptVersion(f"version {version}: {MANIFEST} is not valid JSON") from exc
+    if not isinstance(manifest, dict):
+        raise CorruptVersion(f"version {version}: {MANIFEST} is not a JSON object")
+    return manifest
 
 
-def _fsync_dir_files(directory: Path) -> None:
-    for p in directory.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
+def _file_entry(version: int, name: str, entry: Any) -> tuple[int, str]:
+    """``(bytes, sha256)`` of a manifest file entry; ``CorruptVersion`` when malformed."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or "/" in name
+        or name.startswith(".")
+        or name in _RESERVED_NAMES
+        or not isinstance(entry, dict)
+        or not isinstance(entry.get("bytes"), int)
+        or not isinstance(entry.get("sha256"), str)
+    ):
+        raise CorruptVersion(f"version {version}: malformed manifest entry for {name!r}")
+    return entry["bytes"], entry["sha256"]
+
+
+def _process_lock(key: str) -> threading.Lock:
+    """One lock per registry location in this process (object stores have no shared lock)."""
+    with _PROCESS_LOCKS_GUARD:
+        return _PROCESS_LOCKS.setdefault(key, threading.Lock())
