@@ -183,8 +183,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 f"max lag {stats.max_lag_s:.2f} s",
             )
 
+    metrics = None
+    if args.metrics_port is not None:
+        from freshrank.monitor.metrics import Metrics, serve_prometheus_client
+
+        metrics = Metrics.for_prometheus_client()
+        server = serve_prometheus_client(args.metrics_port)
+        _log("simulate", f"metrics at {server.url}")
     with stop_on_signals(lambda signum: stop.set(), "simulate", "stopping after this shard"):
-        stats = run_producer(config, stop=stop, progress=show)
+        stats = run_producer(config, stop=stop, progress=show, metrics=metrics)
     how = "stopped by signal" if stop.is_set() else "finished"
     _log("simulate", f"{how}: {stats.shards_written} shards, {stats.events_written} events")
     print(json.dumps(dataclasses.asdict(stats), indent=2), flush=True)
@@ -293,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="FLOAT",
         help="Print a progress line at most this often; 0 for none (default: 5.0)",
+    )
+    sim.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="INT",
+        help="Serve freshrank_events_landed_total for Prometheus on 127.0.0.1:PORT (0: a free "
+        "port, printed); default: no endpoint (the producer runs outside Ray's metrics)",
     )
     sim.set_defaults(func=_cmd_simulate)
 

@@ -94,6 +94,11 @@ class DemoResult:
     landing_to_served_s: list[float]
     freshness_s: float | None
     window_auc: list[tuple[int, float | None]]
+    window_gauc: list[tuple[int, float | None]]
+    drift_alarms: list[str]
+    """Versions whose window raised a drift alarm, with the features and statistics."""
+    promotions: list[dict[str, Any]]
+    """The registry's promotion log: every promotion, rejection and rollback."""
     metrics_seen: dict[str, float]
     """Last value of each ``freshrank_`` series read back from Ray's Prometheus endpoint."""
     metrics_url: str | None
@@ -145,7 +150,9 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
         serve.run(
             build_ranking_app(
                 RankingAppConfig(
-                    registry=str(registry_dir.resolve()), num_replicas=config.num_replicas
+                    registry=str(registry_dir.resolve()),
+                    num_replicas=config.num_replicas,
+                    access_log=False,  # one line per request would drown the progress lines
                 )
             ),
             name="ranking",
@@ -407,6 +414,13 @@ def _summarise(
         landing_to_served_s=latencies,
         freshness_s=(time.time() - watermark) if watermark else None,
         window_auc=[(m["version"], m["metrics"].get("eval_auc")) for m in manifests],
+        window_gauc=[(m["version"], m["metrics"].get("eval_gauc")) for m in manifests],
+        drift_alarms=[
+            f"v{m['version']}: {', '.join(m['drift_alarms'])}"
+            for m in manifests
+            if m.get("drift_alarms")
+        ],
+        promotions=registry.promotions(),
         metrics_seen=dict(metrics_seen),
         metrics_url=metrics_url,
         endpoint=f"{endpoint}/rank",
@@ -430,6 +444,11 @@ def _print_summary(r: DemoResult, out: Callable[[str], None]) -> None:
     out(f"shards quarantined       {r.quarantined_shards}")
     out(f"rows dropped (missing)   {r.rows_dropped}")
     out(f"versions trained         {len(r.training.versions)}; champion v{r.champion}")
+    kinds = [e["kind"] for e in r.promotions]
+    out(
+        f"promotion gate           {kinds.count('promoted')} promoted, "
+        f"{kinds.count('rejected')} rejected (see `freshrank registry log`)"
+    )
     out(f"versions served          {r.client.versions_served}")
     out(f"requests                 ok {r.client.ok}, failed {r.client.failed}")
     if r.client.latencies_s:
@@ -442,6 +461,11 @@ def _print_summary(r: DemoResult, out: Callable[[str], None]) -> None:
         out(f"freshness at the end     {r.freshness_s:.1f} s (now - served watermark)")
     aucs = ", ".join(f"v{v}:{a:.3f}" if a is not None else f"v{v}:n/a" for v, a in r.window_auc)
     out(f"window AUC (prequential) {aucs}")
+    gaucs = [(v, g) for v, g in r.window_gauc if g is not None]
+    if gaucs:
+        out(f"window GAUC (last 5)     {', '.join(f'v{v}:{g:.3f}' for v, g in gaucs[-5:])}")
+    if r.drift_alarms:
+        out(f"drift alarms             {'; '.join(r.drift_alarms[-5:])}")
     shown = ("events_trained_total", "window_auc", "served_model_version", "freshness_seconds")
     seen = [
         f"{k}={r.metrics_seen['freshrank_' + k]:.4g}"

@@ -3,143 +3,21 @@ trainer's per-window monitoring (real drift sketches and monitor, ``Metrics.for_
 HTTP API then serves the ``freshrank_`` series under their catalogue names (the shipped relabel
 rule strips Ray's ``ray_`` prefix), with exact values, and evaluates the shipped alert rules.
 
-(A real ``run_training`` would be the fuller test, but Ray Train's start-up alone took 40-130 s
-on the shared 2-core machine, past this test's 60 s budget; the trainer's own metrics reaching
-Ray's endpoint is covered by tests/e2e/test_loop.py.)
-
-The server binds 127.0.0.1 on a free port with its storage in a temporary directory, scrapes
-``ray_local.metrics_url`` every second, and is stopped at the end.
+This one plants a shift and checks exact values and the alert firing; the real loop's series
+(trainer, producer, replicas) in the same Prometheus are checked by tests/e2e/test_loop.py.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import ray
-import yaml
-
-from freshrank.runtime import free_port
 
 pytestmark = pytest.mark.e2e
-
-PROMETHEUS = shutil.which("prometheus")
-PROM_DIR = Path(__file__).resolve().parents[2] / "cluster" / "prometheus"
-DEADLINE_S = 30.0
-STARTUP_DEADLINE_S = 60.0  # the shared 2-core machine can be slow to start a server
-POLL_S = 0.25
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], what: str, deadline_s: float = DEADLINE_S) -> T:
-    """Call ``probe`` until it returns something other than None, or fail at the deadline."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        result = probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {deadline_s} s")
-        time.sleep(POLL_S)
-
-
-@dataclass
-class PrometheusServer:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """Instant query; the result vector (empty when nothing matches or on errors)."""
-        try:
-            response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
-            body = response.json()
-        except (httpx.HTTPError, ValueError):
-            return []
-        if body.get("status") != "success":
-            raise AssertionError(f"query {expr!r} failed: {body}")
-        return body["data"]["result"]
-
-    def scalar(self, expr: str) -> float | None:
-        """The single value of an aggregating query, or None while there is none."""
-        result = self.query(expr)
-        assert len(result) <= 1, result
-        return float(result[0]["value"][1]) if result else None
-
-
-@pytest.fixture
-def prometheus(ray_local, tmp_path) -> Iterator[PrometheusServer]:
-    if PROMETHEUS is None:
-        pytest.skip(
-            "Debian's prometheus is not installed (cluster/prometheus/install.sh or "
-            "apt-get install prometheus)"
-        )
-    shipped = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
-    (ray_job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "ray"]
-    target = urlsplit(ray_local.metrics_url).netloc
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": [str(PROM_DIR / "alerts.yml")],
-        "scrape_configs": [
-            {
-                "job_name": "ray",
-                "static_configs": [{"targets": [target]}],
-                # The shipped rule, so this test checks what operators deploy.
-                "metric_relabel_configs": ray_job["metric_relabel_configs"],
-            }
-        ],
-    }
-    config_path = tmp_path / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = tmp_path / "prometheus.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={config_path}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                "--storage.tsdb.retention.time=1h",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = PrometheusServer(f"http://127.0.0.1:{port}", process, log)
-    try:
-
-        def ready() -> bool | None:
-            if process.poll() is not None:
-                pytest.fail(f"prometheus exited with {process.returncode}: {log.read_text()}")
-            try:
-                return httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200 or None
-            except httpx.HTTPError:
-                return None
-
-        wait_for(ready, "prometheus ready", STARTUP_DEADLINE_S)
-        wait_for(
-            lambda: server.scalar('max(up{job="ray"})') == 1.0 or None,
-            "first Ray scrape",
-            STARTUP_DEADLINE_S,
-        )
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @ray.remote(num_cpus=0)
@@ -193,7 +71,7 @@ def test_prometheus_serves_freshrank_series_from_ray(prometheus):
         alarms = prometheus.query(f"freshrank_drift_alarm{{{mine}}}")
         return (windows == WINDOWS and bool(alarms)) or None
 
-    wait_for(everything_scraped, "the stand-in's last window in Prometheus")
+    prometheus.wait(everything_scraped, "the stand-in's last window in Prometheus")
 
     # Counters, gauges and histograms arrive under their catalogue names, values exact.
     assert prometheus.scalar(f"sum(freshrank_events_trained_total{{{mine}}})") == (
@@ -258,4 +136,4 @@ def test_prometheus_serves_freshrank_series_from_ray(prometheus):
             or None
         )
 
-    wait_for(drift_alert_firing, "FreshrankDriftHigh firing for user_category")
+    prometheus.wait(drift_alert_firing, "FreshrankDriftHigh firing for user_category")

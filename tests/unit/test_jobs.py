@@ -202,3 +202,12 @@ def test_simulate_job_stops_cleanly_on_signal(tmp_path, sig):
     assert stats["events_written"] == 500 * len(shards)
     assert (landing / "_PRODUCER_DONE").exists()
     assert not list(landing.glob(".tmp-*")), "a half-written shard was left behind"
+
+
+def test_simulate_metrics_port_is_optional_and_typed():
+    from freshrank.cli import build_parser
+
+    args = build_parser().parse_args(["simulate", "--landing-path", "/l"])
+    assert args.metrics_port is None
+    args = build_parser().parse_args(["simulate", "--landing-path", "/l", "--metrics-port", "0"])
+    assert args.metrics_port == 0

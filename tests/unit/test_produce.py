@@ -184,3 +184,23 @@ def test_config_says_what_is_wrong(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match="ProducerConfig: ") as info:
         ProducerConfig(landing_path=tmp_path, **kwargs)
     assert message in str(info.value)
+
+
+def test_landed_events_are_counted_in_the_metrics_facade(tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    from freshrank.monitor.metrics import Metrics
+
+    registry = CollectorRegistry()
+    config = ProducerConfig(
+        landing_path=tmp_path / "zone",
+        events_per_second=_FAST,
+        shard_events=200,
+        max_shards=3,
+        simulator=_SIM,
+        bad_shard_every=2,  # bad files are not events landed
+    )
+    stats = run_producer(config, metrics=Metrics.for_prometheus_client(registry))
+    assert stats.bad_shards_written == 1
+    landed = registry.get_sample_value("freshrank_events_landed_total")
+    assert landed == stats.events_written == 600

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,9 @@ import pyarrow.parquet as pq
 from freshrank.events.landing import LandingZone
 from freshrank.events.schema import REQUIRED_FIELDS
 from freshrank.events.simulator import Simulator, SimulatorConfig
+
+if TYPE_CHECKING:
+    from freshrank.monitor.metrics import Metrics
 
 
 class EventTime(enum.Enum):
@@ -137,13 +141,19 @@ def run_producer(
     config: ProducerConfig,
     stop: threading.Event | None = None,
     progress: Callable[[ProducerStats], None] | None = None,
+    metrics: Metrics | None = None,
 ) -> ProducerStats:
     """Land shards as ``config`` says until a limit is reached or ``stop`` is set.
 
     Marks the landing zone done (``_PRODUCER_DONE``) when it ends normally or is stopped (a
     stale marker from an earlier run is removed at start). ``progress`` gets a copy of the
-    stats after each good shard. Returns the final stats.
+    stats after each good shard. Every landed row counts in ``freshrank_events_landed_total``
+    of ``metrics`` (default: Ray's metrics when Ray is initialised here, else none). Returns
+    the final stats.
     """
+    from freshrank.monitor.metrics import default_metrics
+
+    metrics = metrics if metrics is not None else default_metrics()
     if config.max_shards is None and config.duration_s is None and stop is None:
         raise ValueError(
             "run_producer would never end: set ProducerConfig.max_shards or duration_s, "
@@ -174,6 +184,7 @@ def run_producer(
         if _wait_until(t0 + due, stop):
             break
         zone.write_shard(table)
+        metrics.inc("freshrank_events_landed_total", float(table.num_rows))
         stats.max_lag_s = max(stats.max_lag_s, time.monotonic() - (t0 + due))
         stats.shards_written += 1
         stats.events_written += table.num_rows
