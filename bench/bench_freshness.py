@@ -4,21 +4,23 @@ window.
 
 Run: ``python bench/bench_freshness.py [--seconds 60] [--events-per-second 2000]``.
 
-SKELETON (issue 4): written by the registry/serving side; the trainer belongs to the lead, who
-wires the promotion gate into it. Both arms share everything but the trainer:
+Both arms share everything but the trainer:
 
 * a producer lands shards at a steady rate for ``--seconds`` (``run_producer``);
 * the ranking app serves the registry's champion (2 replicas) and a closed-loop client
   (``LoadGenerator``) records which version answered when;
 * ``ours``: one ``run_training`` call, the long-lived ``TorchTrainer.fit()`` consuming window
-  after window;
+  after window (started, and ready, before the first event lands: a long-lived job is up when
+  events arrive); the promotion gate judges each version on the next window's rows;
 * ``relaunch``: ``run_training(max_windows=1)`` called again and again, a new ``fit()`` per
   window (what a cron- or workflow-driven retrain does), resuming from the registry each time.
 
 Freshness of a shard = (first time a version whose training included it answered a request)
 - (the shard's ``landed_at``). A version includes every shard up to its cursor, so a shard is
 live once any version >= the one that first trained it answers. p50/p99 over all shards.
-Goal (issue 4): ours p50 < 5 s and p99 < 15 s on this machine.
+Goal (issue 4): ours p50 < 5 s and p99 < 15 s on this machine. For ours, the per-stage
+breakdown (from the manifests' stage times, the promotion log and the client's first answers)
+shows which stage the time goes to.
 """
 
 from __future__ import annotations
@@ -59,8 +61,36 @@ def freshness(registry: Registry, first_served_wall: dict[int, float]) -> list[f
     return out
 
 
-def run_arm(name: str, workdir: Path, args: argparse.Namespace) -> list[float]:
-    """One arm: producer + serving + client + trainer(s); returns per-shard freshness (s)."""
+def stages(registry: Registry, first_served_wall: dict[int, float]) -> dict[str, list[float]]:
+    """Seconds spent in each stage of the update path, per version (per shard for the first)."""
+    promoted = {e["to_version"]: e["at"] for e in registry.promotions() if e["kind"] == "promoted"}
+    out: dict[str, list[float]] = {
+        "landed -> read": [],
+        "read -> trained": [],
+        "trained -> checkpointed": [],
+        "checkpointed -> promoted": [],
+        "promoted -> first answer": [],
+    }
+    for v in registry.list_versions():
+        m = registry.get(v).manifest
+        times = m.get("stage_times")
+        if not times:
+            continue
+        out["landed -> read"] += [times["read_at"] - t for t in m["shard_landed_at"].values()]
+        out["read -> trained"].append(times["trained_at"] - times["read_at"])
+        out["trained -> checkpointed"].append(m["created_at"] - times["trained_at"])
+        if v in promoted:
+            out["checkpointed -> promoted"].append(promoted[v] - m["created_at"])
+            if v in first_served_wall:
+                out["promoted -> first answer"].append(first_served_wall[v] - promoted[v])
+    return out
+
+
+def run_arm(
+    name: str, workdir: Path, args: argparse.Namespace
+) -> tuple[list[float], dict[str, list[float]], int]:
+    """One arm: producer + serving + client + trainer(s); returns per-shard freshness (s), the
+    stage breakdown and the number of versions."""
     from ray import serve
 
     from freshrank.runtime import free_port
@@ -102,10 +132,18 @@ def run_arm(name: str, workdir: Path, args: argparse.Namespace) -> list[float]:
     producer = threading.Thread(target=run_producer, args=(produce,), daemon=True)
     try:
         load.start()
-        producer.start()
         if name == "ours":
-            run_training(train)
+            trainer = threading.Thread(target=run_training, args=(train,), daemon=True)
+            trainer.start()
+            ready_by = time.monotonic() + 600
+            while registry.trainer_status() is None and time.monotonic() < ready_by:
+                if not trainer.is_alive():
+                    raise RuntimeError("the trainer ended before it was ready")
+                time.sleep(0.2)
+            producer.start()
+            trainer.join(args.seconds + 900)
         else:
+            producer.start()
             deadline = time.monotonic() + args.seconds + 900
             while time.monotonic() < deadline:  # bounded: one fit() per window
                 summary = run_training(train)
@@ -125,7 +163,7 @@ def run_arm(name: str, workdir: Path, args: argparse.Namespace) -> list[float]:
     for s in samples:
         if s.ok and s.version is not None:
             first[s.version] = min(first.get(s.version, s.done + wall_offset), s.done + wall_offset)
-    return freshness(registry, first)
+    return freshness(registry, first), stages(registry, first), len(registry.list_versions())
 
 
 def main() -> None:
@@ -142,24 +180,34 @@ def main() -> None:
 
     init_ray(num_cpus=8, dashboard_port=None)
     work = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
-    results = {arm: run_arm(arm, work, args) for arm in ("ours", "relaunch")}
+    runs = {arm: run_arm(arm, work, args) for arm in ("ours", "relaunch")}
+    results = {arm: run[0] for arm, run in runs.items()}
     lines = [
         f"Command: `python bench/bench_freshness.py --seconds {args.seconds:g} "
         f"--events-per-second {args.events_per_second:g} --shard-events {args.shard_events}` "
         f"(load average {os.getloadavg()[0]:.1f}).",
         "",
-        "| trainer | shards | p50 s | p99 s | max s |",
-        "|---|---|---|---|---|",
+        "| trainer | shards | versions | p50 s | p99 s | max s |",
+        "|---|---|---|---|---|---|",
     ]
     for arm, values in results.items():
         a = np.asarray(values)
+        n_versions = runs[arm][2]
         if len(a):
             lines.append(
-                f"| {arm} | {len(a)} | {np.percentile(a, 50):.1f} | {np.percentile(a, 99):.1f} "
-                f"| {a.max():.1f} |"
+                f"| {arm} | {len(a)} | {n_versions} | {np.percentile(a, 50):.1f} "
+                f"| {np.percentile(a, 99):.1f} | {a.max():.1f} |"
             )
         else:
-            lines.append(f"| {arm} | 0 | - | - | - |")
+            lines.append(f"| {arm} | 0 | {n_versions} | - | - | - |")
+    lines += ["", "Where the time goes (ours; seconds):", ""]
+    lines += ["| stage | n | p50 | p99 |", "|---|---|---|---|"]
+    for stage, values in runs["ours"][1].items():
+        a = np.asarray(values)
+        if len(a):
+            lines.append(
+                f"| {stage} | {len(a)} | {np.percentile(a, 50):.2f} | {np.percentile(a, 99):.2f} |"
+            )
     ours, base = (np.asarray(results[k]) for k in ("ours", "relaunch"))
     if len(ours) and len(base):
         lines += [

@@ -1,5 +1,6 @@
 """The whole loop on the session's local Ray: shards land, two workers train window after window,
-versions are promoted and hot-swapped into the Serve endpoint while real HTTP requests flow."""
+versions are promoted and hot-swapped into the Serve endpoint while real HTTP requests flow, and
+a real Prometheus scraping Ray's metrics endpoint serves the loop's freshrank_ series."""
 
 import pytest
 
@@ -10,7 +11,9 @@ from freshrank.runtime import free_port
 pytestmark = pytest.mark.e2e
 
 
-def test_whole_loop_trains_every_valid_event_and_swaps_without_failures(ray_local, tmp_path):
+def test_whole_loop_trains_every_valid_event_and_swaps_without_failures(
+    ray_local, prometheus, tmp_path
+):
     lines: list[str] = []
     result = run_demo(
         DemoConfig(
@@ -49,3 +52,40 @@ def test_whole_loop_trains_every_valid_event_and_swaps_without_failures(ray_loca
     assert m["freshrank_trainer_model_version"] >= 1
     assert 0.0 < m["freshrank_freshness_seconds"] < 600
     assert m["freshrank_requests_total"] >= 1
+
+    # The same loop through a real Prometheus (the shipped relabel rule drops Ray's prefix).
+    # Series of processes that ended (trainer workers) stay queryable over a range.
+    def total(name: str) -> float | None:
+        return prometheus.scalar(f"sum(max_over_time({name}[10m]))")
+
+    landed = prometheus.wait(
+        lambda: total("freshrank_events_landed_total") == producer.events_written or None,
+        "every landed event counted in Prometheus",
+    )
+    assert landed
+    trained = total("freshrank_events_trained_total")
+    assert 0 < trained <= producer.valid_events
+    stages = prometheus.query(
+        "sum by (stage) (max_over_time(freshrank_stage_latency_seconds_count[10m]))"
+    )
+    counts = {s["metric"]["stage"]: float(s["value"][1]) for s in stages}
+    for stage in ("landed_to_read", "read_to_trained", "trained_to_checkpointed"):
+        assert counts.get(stage, 0) >= 1, counts
+    assert counts.get("checkpointed_to_promoted", 0) >= 1, counts
+    promoted = prometheus.scalar(
+        'sum(max_over_time(freshrank_promotions_total{outcome="promoted"}[10m]))'
+    )
+    assert promoted is not None and promoted >= 1
+    features = prometheus.query("max by (feature) (max_over_time(freshrank_drift_js[10m]))")
+    assert {s["metric"]["feature"] for s in features} == {
+        "category",
+        "brand",
+        "device",
+        "query",
+        "item",
+    }
+    assert prometheus.query('freshrank_score_psi{source="trainer"}[10m]')
+    gauc = prometheus.scalar("max(max_over_time(freshrank_window_gauc[10m]))")
+    assert gauc is not None and 0.0 < gauc <= 1.0
+    ok = prometheus.scalar('sum(max_over_time(freshrank_requests_total{status="ok"}[10m]))')
+    assert ok is not None and ok >= 1
