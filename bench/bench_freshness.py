@@ -102,7 +102,9 @@ def run_arm(
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
-        build_ranking_app(RankingAppConfig(registry=str(registry_dir), num_replicas=2)),
+        build_ranking_app(
+            RankingAppConfig(registry=str(registry_dir), num_replicas=2, access_log=False)
+        ),
         name=f"fresh-{name}",
         route_prefix="/",
     )
@@ -131,7 +133,6 @@ def run_arm(
     )
     producer = threading.Thread(target=run_producer, args=(produce,), daemon=True)
     try:
-        load.start()
         if name == "ours":
             trainer = threading.Thread(target=run_training, args=(train,), daemon=True)
             trainer.start()
@@ -140,9 +141,11 @@ def run_arm(
                 if not trainer.is_alive():
                     raise RuntimeError("the trainer ended before it was ready")
                 time.sleep(0.2)
+            load.start()  # (503s until the first promotion: no point hammering before)
             producer.start()
             trainer.join(args.seconds + 900)
         else:
+            load.start()
             producer.start()
             deadline = time.monotonic() + args.seconds + 900
             while time.monotonic() < deadline:  # bounded: one fit() per window

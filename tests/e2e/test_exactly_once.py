@@ -86,6 +86,10 @@ def test_every_valid_shard_trained_exactly_once_across_kills(ray_local, tmp_path
         "2000",
         "--poll-interval-s",
         "0.1",
+        "--keep-versions",  # the lineage below walks every version
+        "none",
+        "--promotion",  # promotion is not what this test is about; the gate loads models
+        "manual",
     ]
     log = open(tmp_path / "trainer.log", "w")  # noqa: SIM115 - closed at the end
     reg = Registry(registry)

@@ -1,5 +1,7 @@
 """Two Ray Train workers over a few shards, on the session's local Ray."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -93,7 +95,13 @@ def test_two_workers_train_every_valid_event_once_and_resume(ray_local, tmp_path
             landing_path=str(landing), events_per_second=1e9, shard_events=1000, max_shards=2
         )
     )
-    second = run_training(config)
+    # It keeps the registry bounded: the newest 2 versions plus champion and rollback target.
+    second = run_training(dataclasses.replace(config, keep_versions=2))
+    kept = set(reg.list_versions())
+    created = len(manifests) + len(second.versions)
+    assert kept == {created - 1, created, reg.champion_version(), reg.rollback_target()} - {None}
+    pruned = [v for e in reg.promotions() if e["kind"] == "pruned" for v in e["versions"]]
+    assert sorted(pruned) == sorted(set(range(1, created + 1)) - kept)
     assert second.events_trained == first.events_trained + more.valid_events
     new_shards = [s for v in second.versions for s in reg.get(v).manifest["shards"]]
     assert len(new_shards) == 2 and min(new_shards) > max(trained_shards)

@@ -50,6 +50,9 @@ class TrainConfig:
     gate_min_rows: int = 200
     """Fewest fresh rows the gate compares on; a smaller next window leaves the version
     unjudged (the following version supersedes it)."""
+    keep_versions: int | None = 50
+    """Versions the registry keeps besides the champion, the pinned version and the rollback
+    target (older ones are pruned after each checkpoint); None keeps every version."""
     drift: bool = True
     """Sketch every window, judge feature/score/CTR drift against the training reference and
     store the reference with each version (drift.npz) for the Serve replicas."""
@@ -88,6 +91,8 @@ class TrainConfig:
             raise ValueError(
                 f"promotion must be one of {', '.join(PROMOTION_MODES)}, got {self.promotion!r}"
             )
+        if self.keep_versions is not None and self.keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1 or None, got {self.keep_versions}")
         if self.gate_min_rows < 1:
             raise ValueError(f"gate_min_rows must be >= 1, got {self.gate_min_rows}")
         self.strategy_config()  # raises ValueError naming the known strategies

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 
 from freshrank.events.landing import LandingZone
-from freshrank.events.schema import drop_invalid_rows, empty_events
-from freshrank.features.encode import FeatureConfig, concat_inputs, encode, num_rows
+from freshrank.events.reading import read_shards
+from freshrank.features.encode import FeatureConfig, num_rows
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.control import FencedOut, TrainerControl
 from freshrank.learn.evaluation import log_loss, roc_auc
@@ -230,6 +230,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 )
                 feed.commit(plan.window)
                 pending = _promote_new_version(registry, info, config, promoter, metrics)
+                if config.keep_versions is not None:
+                    registry.prune(config.keep_versions)
                 _export_window_metrics(metrics, plan.window, report, progress)
         ray.train.report({"window": progress.windows, **report.metrics})
     if rank == 0 and not fenced:
@@ -455,7 +457,7 @@ def _train_window(
     paths, filesystem = LandingZone(config.landing).read_source(
         _assign(plan.window.shards, rank, world)
     )
-    rows, requests = _read_shards(paths, features, filesystem)
+    rows, requests = read_shards(paths, features, filesystem)
     n_local = num_rows(rows)
     counts = _all_gather(n_local)
     read_at = time.time()
@@ -675,7 +677,7 @@ def _warm_up_reader(features: FeatureConfig, registry: Registry, rank: int) -> N
     name = f"_warmup/rank{rank}.parquet"
     registry.storage.write_atomic(name, sink.getvalue().to_pybytes())
     paths, filesystem = registry.storage.source([name])
-    _read_shards(paths, features, filesystem)
+    read_shards(paths, features, filesystem)
 
 
 def _assign(shards: tuple[ShardPlan, ...], rank: int, world: int) -> list[str]:
@@ -692,38 +694,6 @@ def _assign(shards: tuple[ShardPlan, ...], rank: int, world: int) -> list[str]:
         owner[shard.path] = r
         load[r] += shard.rows_valid
     return [s.path for s in sorted(shards, key=lambda s: s.seq) if owner[s.path] == rank]
-
-
-def _read_shards(
-    paths: list[str], features: FeatureConfig, filesystem: Any = None
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Read and encode shards through Ray Data (``read_parquet -> map_batches(encode)``).
-
-    Returns the encoded rows and, aligned with them, each row's ``request_id`` (for the
-    per-request metrics; the model never sees it)."""
-    if not paths:
-        return encode(empty_events(), features), np.zeros(0, dtype=str)
-    import ray.data
-
-    ds = ray.data.read_parquet(paths, filesystem=filesystem).map_batches(
-        _encode_batch, batch_format="pyarrow", fn_kwargs={"features": features}
-    )
-    parts = [b for b in ds.iter_batches(batch_size=None, batch_format="numpy") if len(b["label"])]
-    if not parts:
-        return encode(empty_events(), features), np.zeros(0, dtype=str)
-    requests = np.concatenate([np.asarray(p.pop(REQUEST_KEY), dtype=str) for p in parts])
-    return concat_inputs(parts), requests
-
-
-REQUEST_KEY = "_request_id"
-"""Column ``_encode_batch`` adds next to the encoded inputs; popped before training."""
-
-
-def _encode_batch(batch: Any, features: FeatureConfig) -> dict[str, np.ndarray]:
-    table, _dropped = drop_invalid_rows(batch)
-    out = encode(table, features)
-    out[REQUEST_KEY] = table.column("request_id").to_numpy(zero_copy_only=False).astype(str)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
