@@ -26,6 +26,7 @@ shows which stage the time goes to.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -149,7 +150,10 @@ def run_arm(
             producer.start()
             deadline = time.monotonic() + args.seconds + 900
             while time.monotonic() < deadline:  # bounded: one fit() per window
-                summary = run_training(train)
+                # max_windows counts every window the registry has seen: one more per fit()
+                latest = registry.latest_version()
+                done = registry.get(latest).manifest["window_index"] if latest else 0
+                summary = run_training(dataclasses.replace(train, max_windows=done + 1))
                 if not summary.versions and not producer.is_alive():
                     break
         producer.join(60)

@@ -14,6 +14,7 @@ or job resumes exactly after the last checkpointed window.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import os
@@ -379,9 +380,20 @@ class _ChampionScorer:
         self.device = device
         self.version: int | None = None
         self.model: Ranker | None = None
+        self._offered: tuple[int, Ranker] | None = None
+
+    def offer(self, version: int, model: Ranker) -> None:
+        """Keep a copy of ``model``, whose weights are ``version``'s: if the gate promotes it,
+        the next window scores the champion with it instead of loading it from the registry."""
+        copy_ = copy.deepcopy(model)
+        copy_.eval()
+        self._offered = (version, copy_)
 
     def logits(self, version: int, rows: Mapping[str, np.ndarray]) -> np.ndarray | str:
         """Click logits of the champion on ``rows``, or why it could not be scored."""
+        if self.version != version and self._offered and self._offered[0] == version:
+            self.version, self.model = self._offered
+            self._offered = None
         if self.version != version:
             try:
                 served = load_serving_model(self.registry, version)
@@ -470,6 +482,8 @@ def _train_window(
     champion: np.ndarray | str | None = None
     if plan.challenger is not None and plan.champion is not None:
         champion = champion_scorer.logits(plan.champion, rows)
+    if plan.challenger is not None:  # these weights are the challenger's until we train
+        champion_scorer.offer(plan.challenger, core)
     gathered = _all_gather((rows["label"], click, relevance, requests, champion))
     labels_all = np.concatenate([g[0] for g in gathered])
     click_all = np.concatenate([g[1] for g in gathered])
