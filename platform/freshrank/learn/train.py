@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -223,7 +224,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             try:
                 control.check(epoch)
             except FencedOut as exc:  # a newer trainer owns the registry: publish nothing more
-                print(f"[freshrank trainer] {exc}", flush=True)
+                _say(str(exc))
                 fenced = True
             else:
                 info = _checkpoint_window(
@@ -308,24 +309,22 @@ class _GateJudge:
     ) -> None:
         assert plan.challenger is not None
         if new.get("rows", 0) < self.min_rows and plan.champion is not None:
-            print(
-                f"[freshrank trainer] v{plan.challenger} not judged: only "
+            _say(
+                f"v{plan.challenger} not judged: only "
                 f"{int(new.get('rows', 0))} fresh rows (gate_min_rows {self.min_rows}); "
                 "the next version supersedes it",
-                flush=True,
             )
             return
         try:
             self.control.check(self.epoch)
         except FencedOut as exc:
-            print(f"[freshrank trainer] {exc}", flush=True)
+            _say(str(exc))
             self.fenced = True
             return
         result = self.promoter.decide(plan.challenger, new, old, plan.champion, notes)
-        print(
-            f"[freshrank trainer] gate: v{plan.challenger} {result.outcome.value} "
+        _say(
+            f"gate: v{plan.challenger} {result.outcome.value} "
             f"(champion v{plan.champion}): {'; '.join(result.reasons)}",
-            flush=True,
         )
         if result.outcome is PromotionOutcome.PROMOTED:
             created = self.registry.get(plan.challenger).manifest.get("created_at")
@@ -617,12 +616,11 @@ def _checkpoint_window(
     progress.watermark = watermark
     report.timings["checkpoint_s"] = time.perf_counter() - t0
     alarms = f" drift {','.join(report.drift_alarms)}" if report.drift_alarms else ""
-    print(
-        f"[freshrank trainer] v{info.version}: window {progress.windows} "
+    _say(
+        f"v{info.version}: window {progress.windows} "
         f"shards {manifest['shards'][0]}..{manifest['shards'][-1]} events {report.rows} "
         f"auc {_fmt(report.metrics['eval_auc'])} gauc {_fmt(report.metrics['eval_gauc'])} "
         f"loss {_fmt(report.metrics['loss'])} total {progress.events_trained}{alarms}",
-        flush=True,
     )
     return info
 
@@ -651,6 +649,13 @@ def _export_window_metrics(
         metrics.observe(stage, report.read_at - shard.landed_at, tags={"stage": "landed_to_read"})
     metrics.observe(stage, report.trained_at - report.read_at, tags={"stage": "read_to_trained"})
     metrics.observe(stage, now - report.trained_at, tags={"stage": "trained_to_checkpointed"})
+
+
+def _say(message: str) -> None:
+    """One line of the trainer's log. Written to stdout directly: Ray Train patches ``print``
+    in its workers to also log through the root logger, which shows every line twice."""
+    sys.stdout.write(f"[freshrank trainer] {message}\n")
+    sys.stdout.flush()
 
 
 def _fmt(value: float | None) -> str:
