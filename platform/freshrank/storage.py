@@ -59,6 +59,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -637,3 +638,44 @@ def _fsync_dir(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class StorageBacked:
+    """What the landing zone and the registry share: a :class:`Storage` at a root that is a
+    local path or a URI, and the local directory behind it when there is one."""
+
+    _what = "this location"
+    """How error messages name the subclass (``"the landing zone"``)."""
+
+    def __init__(self, root: str | os.PathLike[str], options: StorageOptions | None = None) -> None:
+        self._storage = Storage(root, options)
+        local = Path(self._storage.root) if is_uri(root) else Path(root)
+        self._local_root: Path | None = local if self._storage.is_local else None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    @property
+    def storage(self) -> Storage:
+        """The storage it lives on (filesystem, root path, primitives)."""
+        return self._storage
+
+    @property
+    def uri(self) -> str:
+        """The root as a local path or a URI (``s3://bucket/prefix``)."""
+        return self._storage.uri
+
+    @property
+    def is_local(self) -> bool:
+        """Whether it is on a local filesystem (then :attr:`root` is a ``Path``)."""
+        return self._storage.is_local
+
+    @property
+    def root(self) -> Path:
+        """The local directory (``ValueError`` on an object store: use :attr:`uri` or
+        :attr:`storage` there)."""
+        if self._local_root is None:
+            raise ValueError(
+                f"{self._what} {self.uri} is not a local directory: use .uri or .storage for it"
+            )
+        return self._local_root

@@ -45,7 +45,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from freshrank.events.schema import conform, drop_invalid_rows, schema_problem
-from freshrank.storage import Storage, StorageOptions, StoredFile, is_uri
+from freshrank.storage import StorageBacked, StoredFile
 
 SHARD_PATTERN: re.Pattern[str] = re.compile(r"^shard-(\d{12})\.parquet$")
 """File names of published shards; group 1 is the sequence number."""
@@ -114,44 +114,12 @@ def shard_name(seq: int) -> str:
     return f"shard-{seq:012d}.parquet"
 
 
-class LandingZone:
+class LandingZone(StorageBacked):
     """Sequence-numbered parquet event shards under a directory or object-store prefix (see the
     module docstring). ``root`` is a local path or a URI (``s3://bucket/landing``);
     ``options`` says how to reach an S3-compatible endpoint the URI cannot name."""
 
-    def __init__(self, root: str | os.PathLike[str], options: StorageOptions | None = None) -> None:
-        self._storage = Storage(root, options)
-        local = Path(self._storage.root) if is_uri(root) else Path(root)
-        self._local_root: Path | None = local if self._storage.is_local else None
-
-    def __repr__(self) -> str:
-        return f"LandingZone({self.uri!r})"
-
-    @property
-    def storage(self) -> Storage:
-        """The storage the zone lives on (filesystem, root path, primitives)."""
-        return self._storage
-
-    @property
-    def uri(self) -> str:
-        """The zone's root as a local path or a URI (``s3://bucket/landing``)."""
-        return self._storage.uri
-
-    @property
-    def is_local(self) -> bool:
-        """Whether the zone is on a local filesystem (then :attr:`root` is a ``Path``)."""
-        return self._storage.is_local
-
-    @property
-    def root(self) -> Path:
-        """The local directory that holds the shards (``ValueError`` on an object store: use
-        :attr:`uri`, :attr:`storage` or :meth:`read_source` there)."""
-        if self._local_root is None:
-            raise ValueError(
-                f"the landing zone {self.uri} is not a local directory: use .uri, .storage or "
-                ".read_source() for it"
-            )
-        return self._local_root
+    _what = "the landing zone"
 
     @property
     def quarantine_dir(self) -> Path:

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from freshrank.storage import Storage, StorageOptions, is_uri, write_local_atomic
+from freshrank.storage import StorageBacked, StorageOptions, write_local_atomic
 
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.json.sha256"
@@ -144,7 +144,7 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-class Registry:
+class Registry(StorageBacked):
     """The versions of one model line, and which of them is champion.
 
     ``root`` is a local path or a URI (``s3://bucket/registry``, ``gs://...``); ``options`` says
@@ -152,40 +152,12 @@ class Registry:
     what each operation guarantees where.
     """
 
+    _what = "the registry"
+
     def __init__(self, root: str | os.PathLike, options: StorageOptions | None = None) -> None:
-        self._storage = Storage(root, options)
-        local = Path(self._storage.root) if is_uri(root) else Path(root)
-        self._local_root: Path | None = local if self._storage.is_local else None
+        super().__init__(root, options)
         self._lock_state = threading.local()
         self._event_cache: dict[str, dict[str, Any]] = {}
-
-    def __repr__(self) -> str:
-        return f"Registry({self.uri!r})"
-
-    @property
-    def storage(self) -> Storage:
-        """The storage the registry lives on (filesystem, root path, primitives)."""
-        return self._storage
-
-    @property
-    def uri(self) -> str:
-        """The registry's root as a local path or a URI (``s3://bucket/registry``)."""
-        return self._storage.uri
-
-    @property
-    def is_local(self) -> bool:
-        """Whether the registry is on a local filesystem (then :attr:`root` is a ``Path``)."""
-        return self._storage.is_local
-
-    @property
-    def root(self) -> Path:
-        """The local directory of the registry (``ValueError`` on an object store: use
-        :attr:`uri` or :attr:`storage` there)."""
-        if self._local_root is None:
-            raise ValueError(
-                f"the registry {self.uri} is not a local directory: use .uri or .storage for it"
-            )
-        return self._local_root
 
     @property
     def versions_dir(self) -> Path:
