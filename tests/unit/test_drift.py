@@ -763,3 +763,28 @@ def test_monitor_judges_small_windows_together():
     assert reports[2] == compare(REFERENCE, whole, thresholds)
     assert reports[2].reference_rows == REFERENCE.rows
     assert monitor.reference.windows_absorbed == REFERENCE.windows_absorbed + 3
+
+
+def test_score_reference_from_the_current_model_ignores_the_model_changing_itself():
+    """A model still learning moves its own score distribution; on stationary rows that must not
+    read as score drift once the reference holds the current model's scores."""
+
+    def model(version: int, rows: dict) -> np.ndarray:  # a deterministic "model" per version
+        return (version * 1.5) * rows["dense"][:, 0] - 2.0 * version + rows["category"] * 0.1
+
+    profile = ReferenceProfile(SMALL)
+    old_rows = encoded_rows(201, n=5000)
+    profile = profile.absorb(WindowSketch.from_rows(old_rows, SMALL, scores=model(1, old_rows)))
+    new_rows = encoded_rows(202, n=5000)  # same distribution: no drift in the world
+    window = WindowSketch.from_rows(new_rows, SMALL, scores=model(2, new_rows), reference=profile)
+
+    stale = compare(profile, window, LOOSE).get("score", Statistic.PSI)
+    assert stale.alarm and stale.value > 1.0  # model 1's scores against model 2's: "drift"
+
+    current = profile.with_model_scores(model(2, old_rows))  # model 2 on what it trained on
+    fresh = compare(current, window, LOOSE).get("score", Statistic.PSI)
+    assert not fresh.alarm and fresh.value < 0.05
+    # The rest of the reference is untouched, and it survives a checkpoint round trip.
+    assert current.rows == profile.rows and current.windows_absorbed == 1
+    back = profile_from_npz_bytes(profile_npz_bytes(current))
+    assert back.distribution().numeric["score"] == current.distribution().numeric["score"]

@@ -43,6 +43,7 @@ from freshrank.learn.strategies import Strategy, build_strategy, reshard_state
 from freshrank.model.device import backend_for, pick_device
 from freshrank.model.ranker import Ranker
 from freshrank.monitor.drift import DriftMonitor, WindowSketch, state_npz_bytes
+from freshrank.monitor.sketches import NumericHistogram
 from freshrank.registry.checkpoint import (
     DRIFT_FILE,
     TrainingState,
@@ -528,7 +529,13 @@ def _train_window(
         _all_reduce_sum(float(result.rows), device), 1.0
     )
     if drift is not None and merged is not None:
-        drift.absorb(merged)  # the reference is what the model has now trained on
+        # The reference is what the model has now trained on; its score distribution is the
+        # trained model's scores on these rows (see ReferenceProfile.with_model_scores).
+        hist = NumericHistogram(drift.config.score_edges)
+        hist.update(score_rows(core, rows, device, use_position=False))
+        scores_all = functools.reduce(lambda a, b: a.merge(b), _all_gather(hist))
+        drift.absorb(merged)
+        drift.replace_reference(drift.reference.with_model_scores(scores_all))
     trained_at = time.time()
     t_train = time.perf_counter()
 

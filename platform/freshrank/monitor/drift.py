@@ -703,6 +703,39 @@ class ReferenceProfile:
         rows = sum(int(w.surprise[pair][1]) for w in self.windows)
         return micro / _NLL_SCALE / rows if rows else None
 
+    def with_model_scores(self, scores: np.ndarray | NumericHistogram) -> ReferenceProfile:
+        """A copy whose score distribution is ``scores`` alone: the newest window carries them
+        and the older windows none (their scores came from older models).
+
+        The trainer calls this after each window with the new model's scores on the rows it
+        has just trained on. Score drift then compares one model's scores on two sets of rows
+        (what it trained on, what it sees now), not two models' scores: a model that is still
+        learning moves its own score distribution, and that is not drift of the world.
+
+        >>> from freshrank.events.simulator import Simulator, SimulatorConfig
+        >>> from freshrank.features.encode import FeatureConfig, encode
+        >>> rows = encode(Simulator(SimulatorConfig(seed=1)).generate(10), FeatureConfig())
+        >>> ref = ReferenceProfile()
+        >>> for _ in range(2):
+        ...     ref = ref.absorb(WindowSketch.from_rows(rows, scores=np.zeros(100)))
+        >>> ref.distribution().numeric[SCORE].total
+        200
+        >>> ref.with_model_scores(np.full(5, 2.0)).distribution().numeric[SCORE].total
+        5
+        """
+        if not self.windows:
+            return self
+        empty = NumericHistogram(self.config.score_edges)
+        out = ReferenceProfile(self.config)
+        out.windows = (
+            *(w.with_scores(empty) for w in self.windows[:-1]),
+            self.windows[-1].with_scores(scores),
+        )
+        out.seen = self.seen
+        out.conditional = self.conditional
+        out.windows_absorbed = self.windows_absorbed
+        return out
+
     def merge(self, other: ReferenceProfile) -> ReferenceProfile:
         """Merge two profiles built over parts of the same windows (window by window)."""
         if other.config != self.config:
