@@ -23,11 +23,15 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _alive_train_workers() -> list[int]:
+def _alive_train_workers(address: str) -> list[int]:
+    """PIDs of live Ray Train workers of the cluster at ``address`` (named: another local Ray,
+    e.g. someone else's on the same machine, would make auto-detection fail)."""
     from ray.util.state import list_actors
 
     actors = list_actors(
-        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], timeout=10
+        address=address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        timeout=10,
     )
     return [a.pid for a in actors if a.pid]
 
@@ -111,7 +115,7 @@ def test_every_valid_shard_trained_exactly_once_across_kills(ray_local, tmp_path
             _until(lambda have=have: versions() > have, 240, "the trainer to publish a version")
             time.sleep(rng.uniform(0.0, 1.5))  # the random moment (not waiting for anything)
             if what == "worker":
-                pids = _alive_train_workers()
+                pids = _alive_train_workers(ray_local.gcs_address)
                 assert pids, "no training worker to kill"
                 os.kill(rng.choice(pids), signal.SIGKILL)
                 kills["worker"] += 1
@@ -120,7 +124,11 @@ def test_every_valid_shard_trained_exactly_once_across_kills(ray_local, tmp_path
                 job.wait(30)
                 kills["job"] += 1
                 # a supervisor restarts the job once the old one's workers are gone
-                _until(lambda: not _alive_train_workers(), 60, "the killed job's workers to exit")
+                _until(
+                    lambda: not _alive_train_workers(ray_local.gcs_address),
+                    60,
+                    "the killed job's workers to exit",
+                )
                 job = start_job()
         producer.join(120)
         assert "stats" in producer_done, "producer did not finish"

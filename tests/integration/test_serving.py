@@ -1,4 +1,10 @@
-"""The Serve ranking app on the session's local Ray: answers, refuses bad input, hot-swaps."""
+"""The Serve ranking app on the session's local Ray: answers, refuses bad input, hot-swaps.
+
+One Serve instance per module holds both applications the tests need (the two-replica app and
+the one-request-at-a-time overload app), deployed together; models are small so that
+publishing and loading a version takes milliseconds, and replicas look for a new champion
+every 50 ms and drain in 0.2 s steps at teardown.
+"""
 
 import threading
 import time
@@ -7,6 +13,7 @@ import httpx
 import pytest
 import torch
 
+from freshrank.features.encode import FeatureConfig
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 from freshrank.registry import Registry, save_checkpoint
@@ -15,6 +22,13 @@ from freshrank.serving.app import RankingAppConfig, build_ranking_app
 
 pytestmark = pytest.mark.integration
 
+CFG = RankerConfig(
+    features=FeatureConfig(
+        user_buckets=1000, item_buckets=2000, category_buckets=50, brand_buckets=50
+    ),
+    embedding_dim=8,
+)
+FAST = {"poll_interval_s": 0.05, "graceful_shutdown_wait_loop_s": 0.2}
 BODY = {
     "user_id": "u1",
     "query": "red shoes",
@@ -24,11 +38,10 @@ BODY = {
 
 def _publish(reg: Registry, cursor: int, seed: int) -> int:
     torch.manual_seed(seed)
-    cfg = RankerConfig()
-    model = Ranker(cfg)
+    model = Ranker(CFG)
     info = save_checkpoint(
         reg,
-        cfg,
+        CFG,
         model.state_dict(),
         None,
         {},
@@ -51,19 +64,40 @@ def _until(cond, timeout=60.0, what="condition"):
 
 @pytest.fixture(scope="module")
 def ranking(ray_local, tmp_path_factory):
+    """Serve with the ranking app at ``/`` and the overload app at ``/overload`` (one replica,
+    one request at a time, one queued), deployed concurrently; no champion yet."""
     from ray import serve
 
     reg = Registry(tmp_path_factory.mktemp("registry"))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(
-        build_ranking_app(
-            RankingAppConfig(registry=str(reg.root), num_replicas=2, poll_interval_s=0.1)
-        ),
-        name="ranking",
-        route_prefix="/",
-    )
     try:
+        serve.run_many(
+            [
+                serve.RunTarget(
+                    build_ranking_app(
+                        RankingAppConfig(registry=str(reg.root), num_replicas=2, **FAST)
+                    ),
+                    name="ranking",
+                    route_prefix="/",
+                ),
+                serve.RunTarget(
+                    build_ranking_app(
+                        RankingAppConfig(
+                            registry=str(reg.root),
+                            num_replicas=1,
+                            max_batch_size=1,
+                            max_ongoing_requests=1,
+                            max_queued_requests=1,
+                            retry_after_s=2,
+                            **FAST,
+                        )
+                    ),
+                    name="overload",
+                    route_prefix="/overload",
+                ),
+            ]
+        )
         yield reg, f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -168,28 +202,11 @@ def test_swap_under_load_drops_nothing_and_both_replicas_converge(ranking):
 
 @pytest.fixture(scope="module")
 def overload_url(ranking):
-    """A second app on the same Serve: one replica, one request at a time, one queued."""
-    from ray import serve
-
+    """The overload app, once a champion exists for it to serve."""
     reg, url = ranking
     if reg.champion_version() is None:
         reg.set_champion(_publish(reg, 1, seed=1))
-    serve.run(
-        build_ranking_app(
-            RankingAppConfig(
-                registry=str(reg.root),
-                num_replicas=1,
-                max_batch_size=1,
-                max_ongoing_requests=1,
-                max_queued_requests=1,
-                retry_after_s=2,
-            )
-        ),
-        name="overload",
-        route_prefix="/overload",
-    )
-    yield f"{url}/overload"
-    serve.delete("overload")
+    return f"{url}/overload"
 
 
 def test_openapi_docs(ranking):

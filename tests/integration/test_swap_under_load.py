@@ -96,7 +96,10 @@ def served(ray_local, tmp_path_factory):
         serve.run(
             build_ranking_app(
                 RankingAppConfig(
-                    registry=str(reg.root), num_replicas=REPLICAS, poll_interval_s=0.05
+                    registry=str(reg.root),
+                    num_replicas=REPLICAS,
+                    poll_interval_s=0.05,
+                    graceful_shutdown_wait_loop_s=0.2,  # teardown drains in 0.2 s steps
                 )
             ),
             name="swap",

@@ -7,8 +7,14 @@ from freshrank.features.encode import FeatureConfig
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 from freshrank.registry.checkpoint import ServingModel
-from freshrank.serving.api import RankRequest
-from freshrank.serving.scoring import rank_request, rank_requests, score_batch
+from freshrank.serving.api import RankRequest, RankResponse
+from freshrank.serving.scoring import (
+    rank_request,
+    rank_requests,
+    rank_requests_json,
+    responses_json,
+    score_batch,
+)
 
 
 def _served():
@@ -57,3 +63,24 @@ def test_one_forward_pass_for_the_batch(monkeypatch):
     scores = score_batch(served, [_req("a", 4), _req("b", 6)])
     assert calls == [10] and [len(s) for s in scores] == [4, 6]
     assert score_batch(served, []) == []
+
+
+def test_json_answers_are_byte_identical_to_the_response_model():
+    served = _served()
+    reqs = [_req("a", 5), _req("b", 1, query="", device="ios"), _req("ü", 17, query="Red HAT")]
+    models = rank_requests(served, reqs)
+    assert rank_requests_json(served, reqs) == [m.model_dump_json().encode() for m in models]
+    # non-finite scores serialise as the response model does (null), ties keep input order
+    scores = [np.array([np.nan, np.inf, -np.inf, 1e-7, 1e16]), np.array([0.5]), np.zeros(17)]
+    bodies = responses_json(served, reqs, scores)
+    for body, req, s in zip(bodies, reqs, scores, strict=True):
+        order = np.argsort(-s, kind="stable")
+        want = RankResponse(
+            model_version=3,
+            ranked=[
+                {"item_id": req.candidates[i].item_id, "score": float(s[i]), "rank": r}
+                for r, i in enumerate(order)
+            ],
+        )
+        assert body == want.model_dump_json().encode()
+    assert b"null" in bodies[0] and b"NaN" not in bodies[0]

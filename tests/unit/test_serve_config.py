@@ -172,3 +172,28 @@ def test_changing_args_restarts_replicas(config):
     moved = copy.deepcopy(before)
     moved["args"]["registry"] = "/elsewhere/registry"
     assert _version(before).requires_actor_restart(_version(moved))
+
+
+def test_access_log_reaches_the_deployments_logging_config(config, builder):
+    """``args.access_log`` is Ray Serve's per-replica access log switch (on unless turned off)."""
+    (app_config,) = config["applications"]
+    on = builder(app_config["args"])._bound_deployment.logging_config
+    off = builder({**app_config["args"], "access_log": False})._bound_deployment.logging_config
+    assert on["enable_access_log"] is True and off["enable_access_log"] is False
+    assert {k: v for k, v in on.items() if k != "enable_access_log"} == {
+        k: v for k, v in off.items() if k != "enable_access_log"
+    }
+
+
+def test_yaml_keeps_the_builders_replica_environment(config):
+    """The YAML's ray_actor_options replace the builder's, so the user-code thread switch the
+    builder puts in the replicas' runtime_env must come from the application's runtime_env."""
+    from freshrank.serving.app import SEPARATE_THREAD_ENV, RankingAppConfig, replica_actor_options
+
+    (app_config,) = config["applications"]
+    built = replica_actor_options(RankingAppConfig(**app_config["args"]))
+    assert built["runtime_env"]["env_vars"] == {SEPARATE_THREAD_ENV: "0"}
+    assert "runtime_env" not in _ranker(config)["ray_actor_options"]
+    assert app_config["runtime_env"]["env_vars"][SEPARATE_THREAD_ENV] == "0"
+    off = RankingAppConfig(**app_config["args"], user_code_on_event_loop=False)
+    assert replica_actor_options(off) == {"num_cpus": off.replica_cpus}

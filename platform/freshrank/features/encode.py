@@ -4,6 +4,13 @@ There is one encoder, :func:`encode`, over an Arrow table in the event schema. S
 such a table from a request with :func:`candidates_table` and calls the same function, so
 training and serving cannot disagree about a feature.
 
+Serving's fast path, :func:`encode_searches` (and :func:`encode_candidates` for one search),
+gives the arrays ``encode(candidates_table(...))`` gives, byte for byte, without building an
+Arrow table: the ids go through the same (memoised) hashing, a query is tokenised once per
+search (pure Python for ASCII, where it agrees with Arrow's ``utf8_lower`` and RE2's
+whitespace class; through the table path otherwise), and prices through the same dense transform.
+``tests/unit/test_serving_encode.py`` holds the two paths equal on random requests.
+
 Encoded inputs (B = rows, T = query tokens):
 
 ====================  ==========  =====================================================
@@ -23,6 +30,8 @@ key                   dtype/shape meaning
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from freshrank.events.schema import FILE_SCHEMA
-from freshrank.features.hashing import hash_buckets
+from freshrank.features.hashing import bucket_of, buckets_of, hash_buckets
 
 ID_FEATURES: tuple[str, ...] = ("user", "item", "category", "brand", "device")
 """Id features, each one embedding table; the column they come from is in ``_ID_COLUMNS``."""
@@ -154,13 +163,20 @@ def _encode_query(table: pa.Table, config: FeatureConfig) -> np.ndarray:
 
 def _encode_dense(table: pa.Table) -> np.ndarray:
     n = table.num_rows
-    dense = np.zeros((n, DENSE_DIM), dtype=np.float32)
     if "price" not in table.column_names or n == 0:
-        dense[:, 1] = 1.0
-        return dense
+        return _dense(None, None, n)
     price = table.column("price")
     missing = np.asarray(pc.is_null(price, nan_is_null=True).to_numpy(zero_copy_only=False))
     values = np.asarray(pc.fill_null(price, 0.0).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return _dense(missing, values, n)
+
+
+def _dense(missing: np.ndarray | None, values: np.ndarray | None, n: int) -> np.ndarray:
+    """``dense`` from price values (float64) and their missing mask (None: no prices)."""
+    dense = np.zeros((n, DENSE_DIM), dtype=np.float32)
+    if missing is None or values is None or n == 0:
+        dense[:, 1] = 1.0
+        return dense
     values = np.where(missing | ~np.isfinite(values), 0.0, np.maximum(values, 0.0))
     dense[:, 0] = np.log1p(values)
     dense[:, 1] = missing.astype(np.float32)
@@ -197,6 +213,132 @@ def candidates_table(
             arr = pa.nulls(n, field.type)
         columns[name] = arr
     return pa.Table.from_pydict(columns, schema=FILE_SCHEMA)
+
+
+@dataclass(frozen=True)
+class SearchCandidates:
+    """One search's candidates, column by column: what :func:`encode_searches` encodes.
+
+    ``item_id``, ``category``, ``brand`` and ``price`` have one entry per candidate (None =
+    missing); ``user_id``, ``query`` and ``device`` are the search's own.
+    """
+
+    user_id: str | None
+    query: str | None
+    device: str | None
+    item_id: Sequence[str | None]
+    category: Sequence[str | None]
+    brand: Sequence[str | None]
+    price: Sequence[float | None]
+
+    @classmethod
+    def from_candidates(
+        cls,
+        user_id: str | None,
+        query: str | None,
+        candidates: Sequence[Mapping[str, object]],
+        device: str | None = None,
+    ) -> SearchCandidates:
+        """The columns of ``candidates_table(user_id, query, candidates, device)``."""
+        return cls(
+            user_id,
+            query,
+            device,
+            [c.get("item_id") for c in candidates],  # type: ignore[misc]
+            [c.get("category") for c in candidates],  # type: ignore[misc]
+            [c.get("brand") for c in candidates],  # type: ignore[misc]
+            [c.get("price") for c in candidates],  # type: ignore[misc]
+        )
+
+    def __len__(self) -> int:
+        return len(self.item_id)
+
+
+_QUERY_CACHE_SIZE = 4096
+_RE2_SPACE = re.compile(r"[\t\n\f\r ]+")
+"""RE2's ``\\s`` (what Arrow's ``split_pattern_regex`` uses): ASCII space, tab, newline, form
+feed and carriage return; not vertical tab, not Unicode spaces."""
+
+
+@functools.lru_cache(maxsize=_QUERY_CACHE_SIZE)
+def _query_row(query: str | None, max_tokens: int, buckets: int) -> tuple[int, ...]:
+    """The ``query`` row :func:`encode` gives a row holding ``query`` (memoised)."""
+    if query is None or query == "":
+        return (0,) * max_tokens
+    if query.isascii():
+        # ASCII only: str.lower() equals Arrow's utf8_lower, and _RE2_SPACE equals RE2's \s.
+        tokens = _RE2_SPACE.split(query.lower(), maxsplit=max_tokens)[:max_tokens]
+        row = [bucket_of(t, "query", buckets) for t in tokens]
+        return tuple(row + [0] * (max_tokens - len(row)))
+    # Unicode case mapping differs between Python and Arrow (e.g. final sigma): use Arrow.
+    config = FeatureConfig(query_buckets=buckets, max_query_tokens=max_tokens)
+    table = pa.table({"query": pa.array([query], pa.string())})
+    return tuple(int(v) for v in _encode_query(table, config)[0])
+
+
+def encode_searches(
+    searches: Sequence[SearchCandidates], config: FeatureConfig
+) -> dict[str, np.ndarray]:
+    """The encoded inputs of several searches' candidates, rows in order, without Arrow.
+
+    Equal, array for array and byte for byte, to ``encode`` of the concatenated
+    ``candidates_table`` of each search (serving's hot path; see the module docstring).
+
+    >>> s = SearchCandidates("u1", "Red shoes", None, ["i1", "i2"], [None, "c"], [None, None],
+    ...                      [9.0, None])
+    >>> fast = encode_searches([s], FeatureConfig())
+    >>> slow = encode(candidates_table("u1", "Red shoes", [
+    ...     {"item_id": "i1", "price": 9.0}, {"item_id": "i2", "category": "c"}]),
+    ...     FeatureConfig())
+    >>> all(np.array_equal(fast[k], slow[k]) and fast[k].dtype == slow[k].dtype for k in slow)
+    True
+    """
+    sizes = np.fromiter((len(s) for s in searches), dtype=np.int64, count=len(searches))
+    n = int(sizes.sum())
+    out: dict[str, np.ndarray] = {}
+    for feature, attr in (("user", "user_id"), ("device", "device")):
+        per_search = buckets_of(
+            [getattr(s, attr) for s in searches], feature, config.buckets(feature)
+        )
+        out[feature] = np.repeat(per_search, sizes)
+    for feature, attr in (("item", "item_id"), ("category", "category"), ("brand", "brand")):
+        values: list[str | None] = []
+        for s in searches:
+            values.extend(getattr(s, attr))
+        out[feature] = buckets_of(values, feature, config.buckets(feature))
+    t = config.max_query_tokens
+    rows = [_query_row(s.query, t, config.query_buckets) for s in searches]
+    queries = np.asarray(rows, dtype=np.int64).reshape(len(searches), t)
+    out["query"] = np.repeat(queries, sizes, axis=0)
+    prices: list[float | None] = []
+    for s in searches:
+        prices.extend(s.price)
+    if n:
+        price = np.array([np.nan if p is None else p for p in prices], dtype=np.float64)
+        out["dense"] = _dense(np.isnan(price), price, n)
+    else:
+        out["dense"] = _dense(None, None, 0)
+    out["position"] = np.zeros(n, dtype=np.int64)
+    out["label"] = np.zeros(n, dtype=np.float32)
+    return {k: out[k] for k in INPUT_KEYS}
+
+
+def encode_candidates(
+    user_id: str | None,
+    query: str | None,
+    candidates: Sequence[Mapping[str, object]],
+    config: FeatureConfig,
+    device: str | None = None,
+) -> dict[str, np.ndarray]:
+    """``encode(candidates_table(user_id, query, candidates, device), config)``, without Arrow.
+
+    >>> enc = encode_candidates("u1", "shoes", [{"item_id": "a"}], FeatureConfig())
+    >>> enc["dense"].tolist()
+    [[0.0, 1.0]]
+    """
+    return encode_searches(
+        [SearchCandidates.from_candidates(user_id, query, candidates, device)], config
+    )
 
 
 def slice_inputs(

@@ -424,6 +424,15 @@ class Registry(StorageBacked):
         """The version the champion pointer names, or None before the first promotion."""
         return self._read_pointer("CHAMPION")
 
+    def champion_record(self) -> dict[str, Any] | None:
+        """The champion pointer as :meth:`set_champion` wrote it (``version``, ``promoted_at``,
+        ``reason``), or None before the first promotion."""
+        try:
+            record = json.loads(self._storage.read("CHAMPION"))
+        except FileNotFoundError:
+            return None
+        return record if isinstance(record, dict) else None
+
     def pinned_version(self) -> int | None:
         """The version pinned with :meth:`pin`, or None."""
         return self._read_pointer("PINNED")
