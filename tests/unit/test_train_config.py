@@ -1,0 +1,50 @@
+"""The trainer's typed config: strategies, promotion modes and retention, checked up front."""
+
+from __future__ import annotations
+
+import pytest
+
+from freshrank.learn.config import TrainConfig
+from freshrank.learn.strategies import CombinedConfig, LwFConfig, ReplayConfig
+
+
+def test_replay_parts_take_the_trainer_capacity_ratio_and_seed():
+    cfg = TrainConfig(
+        "l", "r", strategy="replay+lwf", replay_capacity=123, replay_ratio=0.25, seed=4
+    )
+    parsed = cfg.strategy_config()
+    assert isinstance(parsed, CombinedConfig)
+    replay, lwf = parsed.parts
+    assert isinstance(replay, ReplayConfig) and isinstance(lwf, LwFConfig)
+    assert (replay.capacity, replay.mix_ratio, replay.seed) == (123, 0.25, 4)
+
+
+@pytest.mark.parametrize("strategy", ["shrink", "average", "replay+average"])
+def test_strategies_that_move_weights_outside_the_optimizer_are_refused(strategy):
+    with pytest.raises(ValueError, match="for backtests only"):
+        TrainConfig("l", "r", strategy=strategy)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"strategy": "sgd"}, "unknown strategy 'sgd'"),
+        ({"promotion": "always"}, "promotion must be one of gate, finite, manual"),
+        ({"gate_min_rows": 0}, "gate_min_rows must be >= 1"),
+        ({"keep_versions": 0}, "keep_versions must be >= 1 or None"),
+    ],
+)
+def test_bad_options_say_what_is_wrong(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig("l", "r", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name", ["finetune", "replay", "replay-balanced", "ewc", "lwf", "replay+lwf", "dark-replay"]
+)
+def test_every_live_strategy_builds(name):
+    parsed = TrainConfig("l", "r", strategy=name).strategy_config()
+    parts = parsed.parts if isinstance(parsed, CombinedConfig) else (parsed,)
+    assert [p.kind.value.replace("_", "-") for p in parts] == [
+        {"replay-balanced": "replay"}.get(n, n) for n in name.split("+")
+    ]
