@@ -7,8 +7,8 @@ Run: ``python bench/bench_freshness.py [--seconds 60] [--events-per-second 2000]
 Both arms share everything but the trainer:
 
 * a producer lands shards at a steady rate for ``--seconds`` (``run_producer``);
-* the ranking app serves the registry's champion (2 replicas) and a closed-loop client
-  (``LoadGenerator``) records which version answered when;
+* the ranking app serves the registry's champion (2 replicas) and an open-loop client
+  (``LoadGenerator``, ``--request-rate`` requests/s) records which version answered when;
 * ``ours``: one ``run_training`` call, the long-lived ``TorchTrainer.fit()`` consuming window
   after window (started, and ready, before the first event lands: a long-lived job is up when
   events arrive); the promotion gate judges each version on the next window's rows;
@@ -129,6 +129,7 @@ def run_arm(
             url=f"http://127.0.0.1:{port}",
             body=BODY,
             concurrency=2,
+            rate_rps=args.request_rate,
             max_seconds=args.seconds + 900,
         )
     )
@@ -179,6 +180,13 @@ def main() -> None:
     p.add_argument("--events-per-second", type=float, default=2000.0)
     p.add_argument("--shard-events", type=int, default=1000)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--request-rate",
+        type=float,
+        default=20.0,
+        help="ranking requests per second (open loop) while events arrive; a closed loop would "
+        "take every CPU cycle the trainer leaves and measure the machine, not the pipeline",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -191,7 +199,8 @@ def main() -> None:
     results = {arm: run[0] for arm, run in runs.items()}
     lines = [
         f"Command: `python bench/bench_freshness.py --seconds {args.seconds:g} "
-        f"--events-per-second {args.events_per_second:g} --shard-events {args.shard_events}` "
+        f"--events-per-second {args.events_per_second:g} --shard-events {args.shard_events} "
+        f"--request-rate {args.request_rate:g}` "
         f"(load average {os.getloadavg()[0]:.1f}).",
         "",
         "| trainer | shards | versions | p50 s | p99 s | max s |",
