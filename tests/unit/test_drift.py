@@ -59,7 +59,7 @@ SMALL = SketchConfig(
     conditional_min_count=3,
     conditional_halve_every=4,
 )
-LOOSE = DriftThresholds(min_rows=10)
+LOOSE = DriftThresholds(min_rows=10, warmup_windows=0)
 
 
 def encoded_rows(seed: int, n: int = 400, users: int = 50, categories: int = 8) -> dict:
@@ -788,3 +788,19 @@ def test_score_reference_from_the_current_model_ignores_the_model_changing_itsel
     assert current.rows == profile.rows and current.windows_absorbed == 1
     back = profile_from_npz_bytes(profile_npz_bytes(current))
     assert back.distribution().numeric["score"] == current.distribution().numeric["score"]
+
+
+def test_no_alarm_while_the_reference_warms_up():
+    """A reference of a window or two judges a shifted window (values reported) but pages only
+    once it has absorbed ``warmup_windows`` windows."""
+    shifted = encoded_rows(301, n=2000, categories=3)  # other category mix: JS drift
+    strict = DriftThresholds(min_rows=10, warmup_windows=3)
+    profile = ReferenceProfile(SMALL)
+    verdicts = []
+    for seed in (302, 303, 304):
+        rows = encoded_rows(seed, n=2000)
+        profile = profile.absorb(WindowSketch.from_rows(rows, SMALL, reference=profile))
+        window = WindowSketch.from_rows(shifted, SMALL, reference=profile)
+        entry = compare(profile, window, strict).get("category", Statistic.JS)
+        verdicts.append((profile.windows_absorbed, entry.value > entry.threshold, entry.alarm))
+    assert verdicts == [(1, True, False), (2, True, False), (3, True, True)]

@@ -300,6 +300,10 @@ class DriftThresholds:
         min_rows: a window (or reference) with fewer rows is not judged; `DriftMonitor` keeps
             such a window and judges it together with the next ones once they reach this many
             rows (the statistics are too noisy below ~2,000 rows: see bench/RESULTS.md).
+        warmup_windows: no alarm until the reference has absorbed this many windows (values
+            are still reported): a reference of one or two windows estimates each user's
+            interests from a handful of rows, and the live loop's third and fourth windows
+            alarmed on that alone.
     """
 
     psi: float = 0.2
@@ -313,6 +317,7 @@ class DriftThresholds:
     noise_min_windows: int = 8
     top_k: int = 20
     min_rows: int = 2000
+    warmup_windows: int = 4
 
     def __post_init__(self) -> None:
         for name in ("psi", "js", "score_psi", "ctr_shift", "unseen_excess", "surprise"):
@@ -331,7 +336,12 @@ class DriftThresholds:
                 "DriftThresholds needs 2 <= noise_min_windows <= noise_windows, got "
                 f"{self.noise_min_windows} and {self.noise_windows}"
             )
-        for name, low in (("top_k", 1), ("min_rows", 1), ("noise_windows", 2)):
+        for name, low in (
+            ("top_k", 1),
+            ("min_rows", 1),
+            ("noise_windows", 2),
+            ("warmup_windows", 0),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"DriftThresholds.{name} must be an int >= {low}, got {value!r}")
@@ -987,6 +997,7 @@ def compare(
         raise ValueError("the window and the reference were sketched with different configs")
     ref = reference.distribution()
     judged = current.rows >= t.min_rows and ref.rows >= t.min_rows
+    warm = reference.windows_absorbed >= t.warmup_windows
     entries: list[FeatureDrift] = []
 
     def add(feature: str, stat: Statistic, value: float | None, threshold: float | None) -> None:
@@ -1002,6 +1013,7 @@ def compare(
             threshold = max(threshold, centre + t.noise_z * spread)
         magnitude = abs(value) if stat is Statistic.CTR_SHIFT and value is not None else value
         alarm = magnitude is not None and threshold is not None and magnitude > threshold
+        alarm = alarm and warm
         if stat is Statistic.LINF:
             alarm = False
         entries.append(FeatureDrift(feature, stat, value, threshold, alarm))
