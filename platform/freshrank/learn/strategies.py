@@ -465,6 +465,14 @@ def _core(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """A teacher: a copy of the (unwrapped) model in eval mode that gradients never reach."""
+    teacher = copy.deepcopy(_core(model))
+    teacher.requires_grad_(False)
+    teacher.eval()
+    return teacher
+
+
 def _zero(outputs: Tensor) -> Tensor:
     return outputs.new_zeros(())
 
@@ -706,10 +714,7 @@ class LwF(Strategy):
     def before_window(self, model: nn.Module, rows: Mapping[str, np.ndarray]) -> None:
         if self._windows == 0 or num_rows(rows) == 0:
             return
-        teacher = copy.deepcopy(_core(model))
-        teacher.requires_grad_(False)
-        teacher.eval()
-        self._teacher = teacher
+        self._teacher = _frozen_copy(model)
 
     def penalty(self, batch: Mapping[str, Tensor], outputs: Tensor, model: nn.Module) -> Tensor:
         if self._teacher is None or outputs.numel() == 0 or self.config.alpha == 0:
@@ -840,10 +845,7 @@ class PairDistill(Strategy):
     def before_window(self, model: nn.Module, rows: Mapping[str, np.ndarray]) -> None:
         if self._windows == 0 or num_rows(rows) == 0:
             return
-        teacher = copy.deepcopy(_core(model))
-        teacher.requires_grad_(False)
-        teacher.eval()
-        self._teacher, self._rows = teacher, rows
+        self._teacher, self._rows = _frozen_copy(model), rows
 
     def replay_rows(self, n_new: int) -> dict[str, np.ndarray]:
         k = int(round(n_new * self.config.mix_ratio))
