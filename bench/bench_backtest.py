@@ -53,6 +53,7 @@ from freshrank.learn.strategies import (
     AverageConfig,
     DarkReplayConfig,
     EWCConfig,
+    ExemplarReplayConfig,
     LwFConfig,
     PairDistillConfig,
     ReplayConfig,
@@ -86,6 +87,7 @@ DG_ARMS = (
     "replay",
     "replay-balanced",
     "dark-replay",
+    "exemplar-replay",
     "ewc",
     "lwf",
     "lwf-a0.5",
@@ -123,6 +125,7 @@ def _dg_arms(args: argparse.Namespace) -> tuple[Arm, ...]:
                 lwf=LwFConfig(alpha=args.lwf_alpha, temperature=args.lwf_temperature),
                 others=(
                     DarkReplayConfig(hard_weight=args.dark_hard_weight),
+                    ExemplarReplayConfig(negatives=args.exemplar_negatives),
                     AverageConfig(decay=args.average_decay, keep=args.average_keep),
                     AnchorConfig(lam=args.anchor_lambda),
                     ShrinkConfig(shrink=args.shrink, noise=args.shrink_noise),
@@ -163,7 +166,17 @@ def simulator_config(args: argparse.Namespace) -> BacktestConfig:
             test_fraction=0.1,
         ),
         arms=arms_from_names(
-            ("static", "finetune", "replay", "ewc", "lwf", "replay+lwf", "joint", "sliding"),
+            (
+                "static",
+                "finetune",
+                "replay",
+                "exemplar-replay",
+                "ewc",
+                "lwf",
+                "replay+lwf",
+                "joint",
+                "sliding",
+            ),
             window=3,
             replay=ReplayConfig(capacity=args.replay_capacity, mix_ratio=args.replay_ratio),
             ewc=EWCConfig(lam=args.ewc_lambda),
@@ -507,6 +520,12 @@ def main() -> None:
     parser.add_argument("--ewc-lambda", type=float, default=EWCConfig.lam)
     parser.add_argument("--lwf-alpha", type=float, default=LwFConfig.alpha)
     parser.add_argument("--lwf-temperature", type=float, default=LwFConfig.temperature)
+    parser.add_argument(
+        "--exemplar-negatives",
+        type=int,
+        default=ExemplarReplayConfig.negatives,
+        help="exemplar replay: current candidates paired with each replayed click",
+    )
     tried = parser.add_argument_group(
         "DIGINETICA variants (arms dark-replay, average, anchor, shrink, pair-distill)"
     )

@@ -33,7 +33,7 @@ def test_two_workers_train_every_valid_event_once_and_resume(ray_local, tmp_path
         num_workers=2,
         max_shards_per_window=2,
         replay_capacity=500,
-        strategy="replay+lwf",
+        strategy="exemplar-replay+lwf",
         gate_min_rows=100,
     )
     first = run_training(config)
@@ -80,14 +80,17 @@ def test_two_workers_train_every_valid_event_once_and_resume(ray_local, tmp_path
         good + [q[0] for m in manifests for q in m["quarantined"]]
     )
 
-    # The strategy state (replay rows, LwF's window count) is checkpointed per rank; resharded
-    # onto one worker, it holds every rank's rows.
+    # The strategy state (exemplar replay's clicks, LwF's window count) is checkpointed per
+    # rank; resharded onto one worker, it holds every rank's rows.
     state = load_latest_or_init(reg)
     parts = [_strategy_part(state.replay_state, r, 2) for r in range(2)]
-    assert [len(p["0.replay/rows/label"]) for p in parts] == [500, 500]
+    held = [p["0.exemplar_replay/rows/label"] for p in parts]
+    assert all(0 < len(h) <= 500 and (h == 1).all() for h in held)  # clicks only, bounded
+    assert "0.exemplar_replay/meta/negatives_rng" in parts[1]
     # Rank 0 had rows in every window (a one-shard window goes to rank 0).
     assert int(parts[0]["1.lwf/meta/windows"]) == len(manifests)
-    assert len(_strategy_part(state.replay_state, 0, 1)["0.replay/rows/label"]) == 1000
+    one = _strategy_part(state.replay_state, 0, 1)["0.exemplar_replay/rows/label"]
+    assert len(one) == sum(len(h) for h in held)
 
     # More shards land; a new fit resumes from the checkpointed cursor and trains only those.
     more = run_producer(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import FeatureConfig, encode
+from freshrank.features.encode import CANDIDATE_KEYS, FeatureConfig, encode
 from freshrank.learn.buffers import ClickBalancedBuffer, ReplayBuffer
 from freshrank.learn.replay import ReservoirBuffer
 from freshrank.learn.step import score_rows, train_step, train_window
@@ -25,6 +25,8 @@ from freshrank.learn.strategies import (
     DarkReplayConfig,
     EWCConfig,
     EWCMode,
+    ExemplarReplay,
+    ExemplarReplayConfig,
     FineTune,
     LwF,
     LwFConfig,
@@ -353,6 +355,64 @@ def test_dark_replay_records_the_model_probability_as_the_target():
         mixed.buffer.rows()["label"], 0.25 * rows["label"] + 0.75 * probs, rtol=1e-5
     )
     assert isinstance(mixed, Replay) and mixed.kind is StrategyKind.DARK_REPLAY
+
+
+def _candidate(rows: dict[str, np.ndarray], i: int) -> tuple:
+    return tuple(tuple(np.asarray(rows[k][i]).ravel().tolist()) for k in CANDIDATE_KEYS)
+
+
+def test_exemplar_replay_pairs_past_clicks_with_candidates_shown_now():
+    model, old, now = _model(), _rows(seed=0), _rows(seed=1, requests=60)
+    ex = ExemplarReplay(ExemplarReplayConfig(capacity=10_000, mix_ratio=1.0, negatives=2))
+    ex.before_window(model, old)
+    assert ex.replay_rows(30) == {}  # nothing learned yet
+    ex.after_window(model, old)
+    held = ex.buffer.rows()
+    clicked = old["label"] > 0.5
+    assert len(held["label"]) == int(clicked.sum()) > 0 and (held["label"] == 1).all()
+    assert ex.replay_rows(30) == {}  # no window open: no current candidates to pair with
+    ex.before_window(model, now)
+    out = ex.replay_rows(30)
+    n = len(out["label"])
+    clicks = out["label"] == 1
+    assert int(clicks.sum()) == 10 and 10 < n <= 30  # 30 // (1 + 2) clicks, <= 2 negatives each
+    old_rows = {
+        tuple(int(old[k][i]) for k in ("user", "item")) + tuple(old["query"][i])
+        for i in np.flatnonzero(clicked)
+    }
+    for i in np.flatnonzero(clicks):
+        assert tuple(int(out[k][i]) for k in ("user", "item")) + tuple(out["query"][i]) in old_rows
+    # every negative: a stored click's search, a candidate of the current window, never its item
+    searches = {(int(old["user"][i]), tuple(old["query"][i])) for i in np.flatnonzero(clicked)}
+    shown = {_candidate(now, i) for i in range(len(now["label"]))}
+    negatives = np.flatnonzero(~clicks)
+    assert len(negatives) > 0
+    for i in negatives:
+        assert (int(out["user"][i]), tuple(out["query"][i])) in searches
+        assert _candidate(out, i) in shown
+    ex.after_window(model, now)
+    assert ex.replay_rows(30) == {}
+    assert len(ex.buffer) == int(clicked.sum() + (now["label"] > 0.5).sum())
+
+
+def test_exemplar_replay_never_offers_the_click_as_its_own_negative():
+    model = _model()
+    rows = _rows(seed=0)
+    one_item = {**rows, "item": np.full_like(rows["item"], 7)}  # every candidate is item 7
+    ex = ExemplarReplay(ExemplarReplayConfig(capacity=100, mix_ratio=1.0, negatives=3))
+    ex.after_window(model, one_item)
+    ex.before_window(model, one_item)
+    out = ex.replay_rows(40)
+    assert len(out["label"]) == 10 and (out["label"] == 1).all()  # all negatives were item 7
+
+
+def test_exemplar_replay_config_explains_what_is_wrong():
+    with pytest.raises(ValueError, match="negatives must be >= 1"):
+        ExemplarReplayConfig(negatives=0)
+    with pytest.raises(ValueError, match="holds clicks only"):
+        ExemplarReplayConfig(buffer=BufferKind.CLICK_BALANCED)
+    assert isinstance(parse_strategy("exemplar-replay"), ExemplarReplayConfig)
+    assert build_strategy(parse_strategy("exemplar-replay+lwf")).kind is StrategyKind.COMBINED
 
 
 def _two_steps(strategy, lr: float = 0.1):

@@ -35,6 +35,7 @@ from freshrank.learn.strategies import (
     DarkReplayConfig,
     EWCConfig,
     EWCMode,
+    ExemplarReplayConfig,
     FineTuneConfig,
     LwFConfig,
     PairDistillConfig,
@@ -177,6 +178,11 @@ CASES = [
     ),
     _strategy_case("dark-replay", DarkReplayConfig(capacity=64, mix_ratio=0.5, hard_weight=0.2)),
     _strategy_case("lwf+dark-replay", CombinedConfig((LwFConfig(), DarkReplayConfig(capacity=64)))),
+    _strategy_case("exemplar-replay", ExemplarReplayConfig(capacity=64, mix_ratio=1.0)),
+    _strategy_case(
+        "exemplar-replay+lwf",
+        CombinedConfig((ExemplarReplayConfig(capacity=64, negatives=3), LwFConfig())),
+    ),
     _strategy_case("average", AverageConfig(decay=0.5, keep=0.8)),
     _strategy_case("anchor", AnchorConfig(lam=5.0)),
     _strategy_case("shrink", ShrinkConfig(shrink=0.9, noise=0.01), moves_weights=True),
@@ -318,6 +324,7 @@ def test_every_strategy_kind_and_buffer_is_covered():
     kinds = {type(c.make(0)).__name__ for c in CASES}
     assert {"FineTune", "Replay", "EWC", "LwF", "Combined"} <= kinds
     assert {"DarkReplay", "WeightAverage", "Anchor", "ShrinkPerturb", "PairDistill"} <= kinds
+    assert "ExemplarReplay" in kinds
     covered = {c.make(0).kind for c in STRATEGY_CASES}
     assert covered == set(StrategyKind), f"no contract case for {set(StrategyKind) - covered}"
     assert {"ReservoirBuffer", "ClickBalancedBuffer"} <= kinds

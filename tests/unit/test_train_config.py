@@ -40,7 +40,18 @@ def test_bad_options_say_what_is_wrong(kwargs, message):
 
 
 @pytest.mark.parametrize(
-    "name", ["finetune", "replay", "replay-balanced", "ewc", "lwf", "replay+lwf", "dark-replay"]
+    "name",
+    [
+        "finetune",
+        "replay",
+        "replay-balanced",
+        "ewc",
+        "lwf",
+        "replay+lwf",
+        "dark-replay",
+        "exemplar-replay",
+        "exemplar-replay+lwf",
+    ],
 )
 def test_every_live_strategy_builds(name):
     parsed = TrainConfig("l", "r", strategy=name).strategy_config()

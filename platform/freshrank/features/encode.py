@@ -56,6 +56,10 @@ _ID_COLUMNS: dict[str, str] = {
 INPUT_KEYS: tuple[str, ...] = (*ID_FEATURES, "query", "dense", "position", "label")
 """Every key :func:`encode` returns."""
 
+CANDIDATE_KEYS: tuple[str, ...] = ("item", "category", "brand", "dense", "position")
+"""The keys that describe the shown candidate (its item, price and display slot); the rest but
+``label`` describe the search (user, device, query)."""
+
 DENSE_DIM = 2
 
 

@@ -41,10 +41,11 @@ class TrainConfig:
     """New rows per worker per step; replay rows come on top (``replay_ratio`` of them)."""
     learning_rate: float = 3e-3
     strategy: str = "replay"
-    """Continual-learning strategy: finetune, replay, replay-balanced, ewc, ewc-separate, lwf,
-    or parts joined with '+' (e.g. replay+lwf); replay parts take replay_capacity/replay_ratio."""
+    """Continual-learning strategy: finetune, replay, replay-balanced, exemplar-replay, ewc,
+    ewc-separate, lwf, dark-replay, anchor, pair-distill, or parts joined with '+' (e.g.
+    replay+lwf); replay parts take replay_capacity/replay_ratio."""
     replay_capacity: int = 50_000
-    """Rows each worker keeps in its replay buffer (0 disables replay)."""
+    """Rows each worker keeps in its replay buffer (clicks only for exemplar-replay)."""
     replay_ratio: float = 0.5
     """Replay rows mixed into each step, as a fraction of its new rows."""
     promotion: str = "gate"

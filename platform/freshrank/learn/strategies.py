@@ -24,8 +24,10 @@ buffer), :class:`EWC` (diagonal Fisher, separate or online), :class:`LwF` (binar
 from the model as it was before the window) and :class:`Combined` (e.g. replay + LwF). Build one
 from its typed config with :func:`build_strategy`.
 
-Variants measured on DIGINETICA (bench/RESULTS.md, "DIGINETICA: what we tried"), none of which
-beat LwF there: :class:`DarkReplay` (replay towards recorded soft targets, DER++),
+:class:`ExemplarReplay` replays past clicks against candidates of the current window (the
+pairwise form of ADER's exemplar replay); on DIGINETICA it is the one strategy that matches
+joint retraining (bench/RESULTS.md). Variants measured there that did not beat LwF (see
+"DIGINETICA: what we tried"): :class:`DarkReplay` (replay towards recorded soft targets, DER++),
 :class:`WeightAverage` (EMA of the window's weights, optionally interpolated from its start),
 :class:`Anchor` (L2 to the window's start on the shared head), :class:`ShrinkPerturb` (shrink
 and perturb before each window) and :class:`PairDistill` (teacher-labelled context/item pairs).
@@ -45,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from freshrank.features.encode import concat_inputs, num_rows, slice_inputs
+from freshrank.features.encode import CANDIDATE_KEYS, concat_inputs, num_rows, slice_inputs
 from freshrank.learn.buffers import ClickBalancedBuffer, ReplayBuffer
 from freshrank.learn.replay import ReservoirBuffer, _parse_rng_state
 from freshrank.model.device import to_tensors
@@ -71,6 +73,7 @@ class StrategyKind(Enum):
     ANCHOR = "anchor"
     SHRINK = "shrink"
     PAIR_DISTILL = "pair_distill"
+    EXEMPLAR_REPLAY = "exemplar_replay"
 
 
 class BufferKind(Enum):
@@ -246,6 +249,37 @@ class DarkReplayConfig(ReplayConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_float(type(self).__name__, "hard_weight", self.hard_weight, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ExemplarReplayConfig(ReplayConfig):
+    """Exemplar replay: past clicks replayed against candidates shown *now*.
+
+    The buffer keeps a uniform reservoir of clicked rows only (``capacity`` of them). Each step
+    mixes ``mix_ratio`` replay rows per new row: replayed clicks (label 1), each followed by
+    ``negatives`` rows that pair the same search (user, device, query) with the candidate side
+    (item, category, brand, price, position) of a random row of the current window (label 0;
+    never the clicked item itself). The negatives therefore follow what is shown and popular
+    now, as they do when the model is used, while the clicks carry what users chose before:
+    the pairwise form of ADER's exemplar replay (Mi et al., RecSys 2020), whose exemplar
+    sessions are scored against every current item.
+
+    >>> ExemplarReplayConfig(negatives=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: ExemplarReplayConfig: negatives must be >= 1, got 0
+    """
+
+    kind: ClassVar[StrategyKind] = StrategyKind.EXEMPLAR_REPLAY  # type: ignore[misc]
+    negatives: int = 3
+    """Current candidates paired with each replayed click (3: best of 1-7 on DIGINETICA)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        _check_int(name, "negatives", self.negatives, 1)
+        if self.buffer is not BufferKind.RESERVOIR:
+            _fail(name, f"the buffer holds clicks only, so it is a reservoir; got {self.buffer}")
 
 
 @dataclass(frozen=True)
@@ -442,6 +476,7 @@ def parse_strategy(text: str) -> StrategyConfig:
         "lwf": LwFConfig(),
         "average": AverageConfig(),
         "dark-replay": DarkReplayConfig(),
+        "exemplar-replay": ExemplarReplayConfig(),
         "anchor": AnchorConfig(),
         "shrink": ShrinkConfig(),
         "pair-distill": PairDistillConfig(),
@@ -578,6 +613,58 @@ class DarkReplay(Replay):
         w = self.config.hard_weight
         target = w * hard + (1.0 - w) * np.concatenate(probs).astype(np.float32)
         self.buffer.add({**rows, "label": target.astype(hard.dtype, copy=False)})
+
+
+class ExemplarReplay(Replay):
+    """Replay past clicks against the current window's candidates (see
+    :class:`ExemplarReplayConfig`).
+
+    :meth:`before_window` keeps the window's rows as the pool of current candidates;
+    :meth:`after_window` files the window's clicks in the reservoir. The state is the
+    reservoir's plus the random stream that draws the negatives.
+    """
+
+    kind = StrategyKind.EXEMPLAR_REPLAY
+
+    def __init__(self, config: ExemplarReplayConfig, rank: int = 0) -> None:
+        super().__init__(config, rank)
+        self.config: ExemplarReplayConfig = config
+        self._rng = np.random.default_rng(_derive_seed(config.seed + 1, rank))
+        self._pool: Mapping[str, np.ndarray] | None = None
+
+    def before_window(self, model: nn.Module, rows: Mapping[str, np.ndarray]) -> None:
+        self._pool = rows if num_rows(rows) else None
+
+    def replay_rows(self, n_new: int) -> dict[str, np.ndarray]:
+        k = int(round(n_new * self.config.mix_ratio))
+        if k <= 0 or len(self.buffer) == 0 or self._pool is None:
+            return {}
+        per = 1 + self.config.negatives
+        clicks = self.buffer.sample(max(1, k // per))
+        n = num_rows(clicks)
+        idx = self._rng.integers(0, num_rows(self._pool), size=n * self.config.negatives)
+        negatives = {key: np.repeat(v, self.config.negatives, axis=0) for key, v in clicks.items()}
+        for key in CANDIDATE_KEYS:
+            negatives[key] = self._pool[key][idx]
+        negatives["label"] = np.zeros_like(negatives["label"])
+        keep = negatives["item"] != np.repeat(clicks["item"], self.config.negatives)
+        return concat_inputs([clicks, slice_inputs(negatives, keep)])
+
+    def after_window(self, model: nn.Module, rows: Mapping[str, np.ndarray]) -> None:
+        self._pool = None
+        if num_rows(rows):
+            clicked = np.asarray(rows["label"]) > 0.5
+            if clicked.any():
+                self.buffer.add(slice_inputs(rows, clicked))
+
+    def state_dict(self) -> StateDict:
+        return {**super().state_dict(), "meta/negatives_rng": _rng_bytes(self._rng)}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray | Tensor]) -> None:
+        rng = state.get("meta/negatives_rng")
+        super().load_state_dict({k: v for k, v in state.items() if k != "meta/negatives_rng"})
+        if rng is not None:
+            self._rng.bit_generator.state = _parse_rng_state(_to_numpy(rng).tobytes().decode())
 
 
 class EWC(Strategy):
@@ -1009,6 +1096,8 @@ def build_strategy(config: StrategyConfig, rank: int = 0) -> Strategy:
         return Combined([build_strategy(p, rank) for p in config.parts])
     if isinstance(config, DarkReplayConfig):
         return DarkReplay(config, rank)
+    if isinstance(config, ExemplarReplayConfig):
+        return ExemplarReplay(config, rank)
     if isinstance(config, ReplayConfig):
         return Replay(config, rank)
     if isinstance(config, EWCConfig):
