@@ -92,48 +92,42 @@ DG_ARMS = (
     "lwf",
     "lwf-a0.5",
     "replay+lwf",
+    "exemplar-replay+lwf-a0.25",
     "joint",
     "sliding",
 )
-DG_LWF_ALPHA = 0.5
-"""The best LwF weight measured on DIGINETICA (chosen on tested periods 1-8; see RESULTS.md)."""
 
 
-def _dg_arms(args: argparse.Namespace) -> tuple[Arm, ...]:
-    """The DIGINETICA arms: :func:`arms_from_names`, plus ``lwf-a0.5`` (LwF with alpha 0.5
-    beside the ``lwf`` arm's ``--lwf-alpha``)."""
-    names = [n.strip() for n in (args.arms.split(",") if args.arms else DG_ARMS) if n.strip()]
+def _arms(names: list[str] | tuple[str, ...], args: argparse.Namespace) -> tuple[Arm, ...]:
+    """Arms from names (:func:`arms_from_names`, tuned by the command line), where an LwF part
+    may carry its own weight as ``lwf-a<alpha>`` (``lwf-a0.5``, ``exemplar-replay+lwf-a0.25``)
+    beside the ``lwf`` arm's ``--lwf-alpha``."""
     arms = []
     for name in names:
-        base, _, passes = name.lower().partition(":")
-        if base == "lwf-a0.5":
-            arms.append(
-                Arm(
-                    name,
-                    strategy=LwFConfig(alpha=DG_LWF_ALPHA, temperature=args.lwf_temperature),
-                    epochs=int(passes) if passes else None,
-                    reset_optimizer=args.reset_optimizer,
-                )
-            )
-            continue
-        arms.extend(
-            arms_from_names(
-                [name],
-                window=3,
-                replay=ReplayConfig(capacity=args.replay_capacity, mix_ratio=args.replay_ratio),
-                ewc=EWCConfig(lam=args.ewc_lambda),
-                lwf=LwFConfig(alpha=args.lwf_alpha, temperature=args.lwf_temperature),
-                others=(
-                    DarkReplayConfig(hard_weight=args.dark_hard_weight),
-                    ExemplarReplayConfig(negatives=args.exemplar_negatives),
-                    AverageConfig(decay=args.average_decay, keep=args.average_keep),
-                    AnchorConfig(lam=args.anchor_lambda),
-                    ShrinkConfig(shrink=args.shrink, noise=args.shrink_noise),
-                    PairDistillConfig(mix_ratio=args.pair_ratio),
-                ),
-                reset_optimizer=args.reset_optimizer,
-            )
+        spec, _, passes = name.lower().partition(":")
+        parts = spec.split("+")
+        alpha = args.lwf_alpha
+        for i, part in enumerate(parts):
+            if part.startswith("lwf-a"):
+                alpha, parts[i] = float(part[len("lwf-a") :]), "lwf"
+        (arm,) = arms_from_names(
+            ["+".join(parts) + (f":{passes}" if passes else "")],
+            window=3,
+            replay=ReplayConfig(capacity=args.replay_capacity, mix_ratio=args.replay_ratio),
+            ewc=EWCConfig(lam=args.ewc_lambda),
+            lwf=LwFConfig(alpha=alpha, temperature=args.lwf_temperature),
+            others=(
+                DarkReplayConfig(hard_weight=args.dark_hard_weight),
+                ExemplarReplayConfig(negatives=args.exemplar_negatives),
+                AverageConfig(decay=args.average_decay, keep=args.average_keep),
+                AnchorConfig(lam=args.anchor_lambda),
+                ShrinkConfig(shrink=args.shrink, noise=args.shrink_noise),
+                PairDistillConfig(mix_ratio=args.pair_ratio),
+            ),
+            reset_optimizer=args.reset_optimizer,
         )
+        renamed = "+".join(parts) != spec  # keep the weight in the arm's name
+        arms.append(dataclasses.replace(arm, name=name.lower()) if renamed else arm)
     return tuple(arms)
 
 
@@ -143,7 +137,10 @@ def diginetica_config(args: argparse.Namespace) -> BacktestConfig:
     return BacktestConfig(
         name="diginetica" + ("-quick" if args.quick else ""),
         data=DigineticaData(dataclasses.replace(DG_ADAPTER, path=args.diginetica), periods),
-        arms=_dg_arms(args),
+        arms=_arms(
+            [n.strip() for n in (args.arms.split(",") if args.arms else DG_ARMS) if n.strip()],
+            args,
+        ),
         model=RankerConfig(features=DG_FEATURES),
         batch_size=1024,
         learning_rate=0.02,
@@ -165,7 +162,7 @@ def simulator_config(args: argparse.Namespace) -> BacktestConfig:
             shift_at=shift,
             test_fraction=0.1,
         ),
-        arms=arms_from_names(
+        arms=_arms(
             (
                 "static",
                 "finetune",
@@ -174,13 +171,11 @@ def simulator_config(args: argparse.Namespace) -> BacktestConfig:
                 "ewc",
                 "lwf",
                 "replay+lwf",
+                "exemplar-replay+lwf-a0.25",
                 "joint",
                 "sliding",
             ),
-            window=3,
-            replay=ReplayConfig(capacity=args.replay_capacity, mix_ratio=args.replay_ratio),
-            ewc=EWCConfig(lam=args.ewc_lambda),
-            lwf=LwFConfig(alpha=args.lwf_alpha, temperature=args.lwf_temperature),
+            args,
         ),
         model=RankerConfig(),  # the production default
         batch_size=512,

@@ -59,3 +59,10 @@ def test_every_live_strategy_builds(name):
     assert [p.kind.value.replace("_", "-") for p in parts] == [
         {"replay-balanced": "replay"}.get(n, n) for n in name.split("+")
     ]
+
+
+def test_lwf_alpha_reaches_every_lwf_part():
+    parsed = TrainConfig("l", "r", strategy="exemplar-replay+lwf", lwf_alpha=0.25).strategy_config()
+    assert [getattr(p, "alpha", None) for p in parsed.parts] == [None, 0.25]
+    with pytest.raises(ValueError, match="alpha"):
+        TrainConfig("l", "r", strategy="lwf", lwf_alpha=-1.0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from freshrank.learn.strategies import (
     CombinedConfig,
+    LwFConfig,
     ReplayConfig,
     StrategyConfig,
     StrategyKind,
@@ -48,6 +49,9 @@ class TrainConfig:
     """Rows each worker keeps in its replay buffer (clicks only for exemplar-replay)."""
     replay_ratio: float = 0.5
     """Replay rows mixed into each step, as a fraction of its new rows."""
+    lwf_alpha: float = 1.0
+    """Weight of LwF's distillation term (LwF parts only; 0.25 with exemplar-replay and 0.5
+    alone were best on DIGINETICA, see bench/RESULTS.md)."""
     promotion: str = "gate"
     """gate: promote a version only if it is not worse than the champion on the next window's
     rows (scored before either trained on them); finite: promote every version whose window
@@ -122,6 +126,8 @@ class TrainConfig:
         parsed = parse_strategy(self.strategy)
 
         def sized(part: StrategyConfig) -> StrategyConfig:
+            if isinstance(part, LwFConfig):
+                return dataclasses.replace(part, alpha=self.lwf_alpha)
             if isinstance(part, ReplayConfig):
                 return dataclasses.replace(
                     part,
