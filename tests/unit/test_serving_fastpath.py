@@ -163,26 +163,31 @@ def test_is_json(value, want):
     assert is_json({"headers": []}) is False
 
 
+def _rank_scope() -> dict:
+    """The ASGI scope of a JSON ``POST /rank`` as a replica's server passes it."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/rank",
+        "raw_path": b"/rank",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
 def test_a_request_is_told_whether_it_is_alone(app_and_server):
     """Counted from the first byte: one still waiting for its body makes the other not alone."""
     app, server, _ = app_and_server
     raw = json.dumps(BODY).encode()
 
     async def post(release: asyncio.Event | None) -> int:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/rank",
-            "raw_path": b"/rank",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 8000),
-        }
+        scope = _rank_scope()
         delivered = False
 
         async def receive():
@@ -215,3 +220,43 @@ def test_a_request_is_told_whether_it_is_alone(app_and_server):
     # the second was answered while the first waited; then the first was alone
     assert server.alone == [False, True]
     assert asyncio.run(post(None)) == 200 and server.alone[-1] is True
+
+
+def test_requests_that_arrive_together_are_not_alone(app_and_server):
+    """Direct ingress hands the replica whole requests: nothing suspends before the fast path
+    decides, so it yields once and requests that arrived with this one count too."""
+    app, server, _ = app_and_server
+    answer = server.answer
+
+    async def batched(request, alone=False):
+        await asyncio.sleep(0)  # like the batcher: the answer comes in a later iteration
+        return await answer(request, alone)
+
+    server.answer = batched
+    raw = json.dumps(BODY).encode()
+    scope = _rank_scope()
+
+    async def post() -> int:
+        delivered = False
+
+        async def receive():
+            nonlocal delivered
+            if not delivered:  # the body is already here: no suspension
+                delivered = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            await asyncio.sleep(60)
+            return {"type": "http.disconnect"}
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await app(dict(scope), receive, send)
+        return sent[0]["status"]
+
+    async def together() -> list[int]:
+        return list(await asyncio.gather(post(), post(), post()))
+
+    assert asyncio.run(together()) == [200, 200, 200]
+    assert server.alone == [False, False, False]

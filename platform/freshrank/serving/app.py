@@ -17,10 +17,11 @@ Serving quality:
 * Concurrent requests are scored together: ``/rank`` hands its request to a ``@serve.batch``
   method that encodes the requests' candidates together and runs one forward pass (requests
   that started on different models are scored on their own model). A request alone in its
-  replica (no other ``/rank`` in flight, not even one still receiving its body) is scored at
-  once instead: it would make a batch of one anyway.
-* Overload: each replica takes ``max_ongoing_requests`` at a time; each proxy queues at most
-  ``max_queued_requests`` more; beyond that Ray Serve answers ``503`` with ``Retry-After``
+  replica (no other ``/rank`` in flight, not even one still receiving its body or one that
+  arrived with it) is scored at once instead: it would make a batch of one anyway.
+* Overload: each replica takes ``max_ongoing_requests`` at a time; beyond that at most
+  ``max_queued_requests`` more wait (per proxy with Serve's Python proxy, per replica with
+  HAProxy's direct ingress), then Ray Serve answers ``503`` with ``Retry-After``
   (``backpressure_config``), it does not hang.
 * Limits: bodies over ``max_body_bytes`` get ``413`` before they are parsed; too many
   candidates, over-long fields, wrong types or unknown fields get ``422`` naming the field.

@@ -14,6 +14,7 @@ error bodies cannot drift from the documented ones.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +35,8 @@ class RankFastPath:
     none (then every request goes to ``app``). ``in_flight``, kept by an outer
     :class:`CountInFlight`, says how many ``POST <path>`` requests the app holds: a request
     answered while no other one is in (not even one still waiting for its body, which a replica
-    fetches from the proxy) is told it is alone, so it can skip the batching machinery.
+    fetches from the proxy, nor one that arrived with it and has not started: the fast path
+    yields once before it decides) is told it is alone, so it can skip the batching machinery.
     """
 
     def __init__(
@@ -76,7 +78,15 @@ class RankFastPath:
         except ValidationError:
             await self.app(scope, _replay(body, receive), send)  # FastAPI says what is wrong
             return
-        response = await answer(request, self.in_flight.count <= 1)
+        alone = self.in_flight.count <= 1
+        if alone:
+            # With a body that was already here (Serve's direct ingress: HAProxy hands the whole
+            # request to the replica's uvicorn) nothing above suspended, so requests that
+            # arrived together with this one have not started yet: yield once so they are
+            # counted and can be batched with it, instead of each being scored alone in turn.
+            await asyncio.sleep(0)
+            alone = self.in_flight.count <= 1
+        response = await answer(request, alone)
         await response(scope, receive, send)
 
 

@@ -26,9 +26,11 @@ a replica (re)starting on a champion promoted an hour ago did not take an hour t
 version that is not the champion (a pinned one) is not an update and is not observed either.
 A version without ``drift.npz`` (older trainers) serves without score drift; that is logged once.
 
-The request path pays one histogram update per scored batch (``np.searchsorted`` + ``bincount``
-under an uncontended lock); the check itself (which merges the reference's windows) runs on the
-holder's thread in ``tick``.
+The request path pays one list append per scored batch under an uncontended lock: the scores
+are binned (``np.searchsorted`` + ``bincount``, one call for everything since the last look)
+when the counts are next read, normally by ``tick`` on the holder's thread, which also runs the
+check itself (merging the reference's windows); more than :data:`MAX_PENDING_ROWS` unbinned
+scores are binned at once on the request path.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,9 @@ from freshrank.registry.store import Registry
 from freshrank.serving.holder import Loaded
 
 _log = logging.getLogger(__name__)
+
+MAX_PENDING_ROWS = 1 << 16
+"""Scores kept unbinned before the request path bins them itself (no tick for a while)."""
 
 CHAMPION_POINTER = "CHAMPION"
 """The registry file naming the champion: ``{"version", "promoted_at", "reason"}``."""
@@ -82,6 +87,16 @@ class _ScoreDrift:
     monitor: DriftMonitor
     histogram: NumericHistogram
     since: float
+    pending: list[np.ndarray] = field(default_factory=list)
+    """Scored batches not binned into ``histogram`` yet (see :meth:`binned`)."""
+    pending_rows: int = 0
+
+    def binned(self) -> NumericHistogram:
+        """The histogram with every pending batch counted (call under the observer's lock)."""
+        if self.pending:
+            batches, self.pending, self.pending_rows = self.pending, [], 0
+            self.histogram.update(batches[0] if len(batches) == 1 else np.concatenate(batches))
+        return self.histogram
 
 
 class ReplicaObserver:
@@ -201,26 +216,30 @@ class ReplicaObserver:
         """Count a batch of served relevance scores of ``version`` (cheap; no judging here).
 
         Scores of another version than the live drift monitor's (a batch that started before
-        a swap) are left out.
+        a swap) are left out. ``scores`` is kept, unbinned, until the counts are next read (see
+        the module doc): do not modify it afterwards.
         """
         with self._lock:
             drift = self._drift
             if drift is not None and drift.version == version:
-                drift.histogram.update(scores)
+                drift.pending.append(scores)
+                drift.pending_rows += len(scores)
+                if drift.pending_rows > MAX_PENDING_ROWS:
+                    drift.binned()
 
     # ----- judging -----------------------------------------------------------------------------
     @property
     def pending_score_rows(self) -> int:
         """Scores counted since the last check (0 without a drift reference)."""
         with self._lock:
-            return self._drift.histogram.total if self._drift is not None else 0
+            return self._drift.binned().total if self._drift is not None else 0
 
     def _check_due(self) -> bool:
         with self._lock:
             drift = self._drift
             if drift is None:
                 return False
-            rows = drift.histogram.total
+            rows = drift.binned().total
             if rows >= self.psi_every_rows:
                 return True
             waited = self._clock() - drift.since >= self.psi_every_s
@@ -231,7 +250,7 @@ class ReplicaObserver:
         and start a fresh histogram; None without a drift reference or scores."""
         with self._lock:
             drift = self._drift
-            if drift is None or drift.histogram.total == 0:
+            if drift is None or drift.binned().total == 0:
                 return None
             histogram = drift.histogram
             drift.histogram = drift.monitor.score_histogram()
