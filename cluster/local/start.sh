@@ -23,6 +23,16 @@
 #                                         the same token): GCS and raylet then listen on that
 #                                         IP and the metrics port on every interface -- firewall
 #                                         them; the dashboard stays on 127.0.0.1 (SSH tunnel).
+#   FRESHRANK_SERVE_INGRESS      [proxy] how HTTP requests reach Serve replicas: `proxy` (Serve's
+#                                         Python proxy) or `haproxy` (Ray 2.60's high-throughput
+#                                         mode: HAProxy forwards straight to the replicas; its
+#                                         stats and Prometheus listeners are kept on 127.0.0.1 by
+#                                         platform/freshrank/serving/haproxy_loopback.py). Read by
+#                                         every Ray process when it starts: choose it here, not
+#                                         per deploy (docs/operating.md, "HAProxy ingress").
+#   FRESHRANK_HAPROXY_STATS_PORT [8404], FRESHRANK_HAPROXY_METRICS_PORT [9101],
+#   FRESHRANK_FALLBACK_PROXY_PORT [8500]: HAProxy's stats page, its Prometheus endpoint and the
+#                                         head's fallback Serve proxy (haproxy mode only).
 #   FRESHRANK_AGENT_PORT, FRESHRANK_AGENT_GRPC_PORT, FRESHRANK_RUNTIME_ENV_AGENT_PORT,
 #   FRESHRANK_NODE_MANAGER_PORT, FRESHRANK_OBJECT_MANAGER_PORT, FRESHRANK_MIN_WORKER_PORT,
 #   FRESHRANK_MAX_WORKER_PORT: the other ports, for running several heads on one machine.
@@ -61,6 +71,20 @@ if [ "$NODE_IP" = "127.0.0.1" ]; then
 fi
 export RAY_metrics_report_interval_ms=${FRESHRANK_METRICS_INTERVAL_MS:-5000}
 export RAY_DATA_USE_DATASOURCE_V2=0
+
+# Serve's ingress: Ray reads it from the environment of the processes this head starts. The
+# variables come from freshrank.runtime.serve_ingress_env, the function init_ray uses.
+SERVE_INGRESS=${FRESHRANK_SERVE_INGRESS:-proxy}
+# shellcheck disable=SC2016
+ingress_env=$("$VENV/bin/python" -c '
+import shlex, sys
+from freshrank.runtime import serve_ingress_env
+mode, *ports = sys.argv[1:]
+env = serve_ingress_env(mode, *(int(p) if p else None for p in ports))
+print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
+' "$SERVE_INGRESS" "${FRESHRANK_HAPROXY_STATS_PORT:-}" "${FRESHRANK_HAPROXY_METRICS_PORT:-}" \
+    "${FRESHRANK_FALLBACK_PROXY_PORT:-}")
+eval "$ingress_env"
 
 # Token authentication, explicitly (Ray 2.60 only turns it on by itself for ray.init(), or for
 # `ray start` when a token already exists). Every process of this head inherits the mode.
@@ -109,6 +133,7 @@ freshrank head is up (node IP $NODE_IP; dashboard and job API on 127.0.0.1 only)
   dashboard + job API   http://127.0.0.1:$DASHBOARD_PORT   (token authentication on)
   metrics (Prometheus)  http://$NODE_IP:$METRICS_PORT/metrics
   cluster address       $NODE_IP:$PORT
+  Serve ingress         $SERVE_INGRESS
 Clients (ray job, serve, ray status) must say they use a token; they read it from
 ${RAY_AUTH_TOKEN_PATH:-~/.ray/auth_token} (or \$RAY_AUTH_TOKEN):
   export RAY_AUTH_MODE=token RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT \\

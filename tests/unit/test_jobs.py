@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import yaml
@@ -63,6 +64,32 @@ def test_dataclass_options_use_the_docstrings_as_help():
     assert "100% of the things" in parser.format_help()
     args = parser.parse_args(["--size", "9", "--path", "/data"])
     assert (args.size, args.path, args.name) == (9, "/data", "x")
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithChoice:
+    mode: Literal["proxy", "haproxy"] = "proxy"
+    """How requests get in."""
+
+
+def test_literal_fields_become_flags_with_choices():
+    parser = argparse.ArgumentParser()
+    cli.add_dataclass_options(parser, _WithChoice)
+    assert parser.parse_args([]).mode == "proxy"
+    assert parser.parse_args(["--mode", "haproxy"]).mode == "haproxy"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "nginx"])
+    assert "{proxy,haproxy}" in parser.format_help()
+
+
+def test_demo_takes_the_serve_ingress():
+    from freshrank.demo import DemoConfig
+
+    args = build_parser().parse_args(["demo", "--serve-ingress", "haproxy"])
+    assert cli.dataclass_from_args(DemoConfig, args).serve_ingress == "haproxy"
+    assert build_parser().parse_args(["demo"]).serve_ingress == "proxy"
+    with pytest.raises(ValueError, match="serve_ingress"):
+        DemoConfig(serve_ingress="nginx")  # type: ignore[arg-type]
 
 
 def _subcommand_help(name: str) -> dict[str, str]:
