@@ -1,19 +1,28 @@
 """Serving throughput and latency: our ranking app against Ray's floor and a plain server.
 
-Run: ``python bench/bench_serving.py [--seconds 6] [--levels 1,2,4,8,16] [--candidates 100]``.
+Run: ``python bench/bench_serving.py [--seconds 6] [--levels 1,2,4,8,16] [--candidates 100]
+[--ingress proxy|haproxy|both]``.
 
-Three servers on this machine, measured in the same run, one after the other at each level:
+Four servers on this machine, measured in the same run, one after the other at each level:
 
 * ``ranking``: our Ray Serve app (``build_ranking_app``: 2 replicas, ``@serve.batch``, limits);
-* ``noop``: a Ray Serve FastAPI deployment, same replicas and proxy, that answers a constant
+* ``noop``: a Ray Serve FastAPI deployment, same replicas and ingress, that answers a constant
   without reading the body (Ray's own floor for an HTTP request); its replicas get the same
   ``ray_actor_options`` as ours (so the same user-code thread setting, see
   ``RankingAppConfig.user_code_on_event_loop``);
-* ``noop_body``: the same, but it reads the body first: in Ray Serve 2.60 a replica pulls the
-  body from the proxy with one more actor call, which every real endpoint pays;
+* ``noop_body``: the same, but it reads the body first (with Serve's Python proxy the replica
+  pulls the body from the proxy with one more actor call, which every real endpoint pays);
 * ``plain``: FastAPI + uvicorn in one process on 127.0.0.1 that loads the same version and
   answers with ``freshrank.serving.scoring.rank_requests_json`` (same model, same encoder and
   response writer as our replicas; FastAPI's own body parsing).
+
+Serve's ingress (``freshrank.runtime.init_ray(serve_ingress=...)``) is chosen when Ray starts, so
+each ``--ingress`` mode runs in a child process of its own (this file with ``--child MODE``) on
+its own Ray; the child writes its runs as JSON and this process prints the tables of every mode,
+each with its goals judged against the floor of the same mode. In ``haproxy`` mode the child
+shortens Serve's direct-ingress drain at shutdown
+(``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``, 30 s by default), which changes nothing while
+requests are measured.
 
 Every request carries ``--candidates`` candidates. Closed loop at each concurrency level
 (``LoadGenerator`` threads with kept-alive connections), then open loop at half of our peak
@@ -25,11 +34,12 @@ throughput for the p99 goal. Tables go to stdout and ``bench/RESULTS.md`` ("Issu
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -50,6 +60,10 @@ from freshrank.serving.scoring import (
 )
 
 SERVERS = ("ranking", "noop", "noop_body", "plain")
+MODES = ("proxy", "haproxy")
+"""Serve ingress modes (``freshrank.runtime.ServeIngress``)."""
+HAPROXY_DRAIN_S = "0.5"
+"""Direct-ingress drain at shutdown in the haproxy child (Ray's default: 30 s per replica)."""
 RAY_WORKER_NICENESS = 15
 """Ray's default niceness for worker processes (Serve proxy and replicas run at it)."""
 
@@ -159,23 +173,58 @@ class Run:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu_s(pid: int) -> float:
+def _proc_cpu_s(pid: int, reaped_children: bool = False) -> float:
+    """CPU seconds of ``pid`` (utime + stime), plus those of its exited and reaped children
+    (cutime + cstime) when asked."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    used = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        used += int(fields[13]) + int(fields[14])
+    return used / _TICK
+
+
+def _children(ppid: int, comm: str) -> list[int]:
+    """PIDs of the processes named ``comm`` whose parent is ``ppid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if head.split("(", 1)[1] == comm and int(tail.split()[1]) == ppid:
+            out.append(int(entry.name))
+    return out
+
+
+TREE = "tree:"
+"""Prefix of a group whose processes count with their HAProxy children (see cpu_snapshot)."""
 
 
 def process_groups(app: str, plain_pid: int) -> dict[str, list[int]]:
-    """PIDs of the processes that serve ``app``: Serve proxy and replicas, or the plain server."""
+    """PIDs of the processes that serve ``app``: the ingress tier ("proxy") and the replicas,
+    or the plain server. In HAProxy mode the ingress tier is the HAProxyManager actor with the
+    HAProxy processes it runs (``tree:proxy``), and the head's fallback Serve proxy (idle while
+    replicas are up); with Serve's proxy it is the ProxyActor."""
     if app == "plain":
         return {"server": [plain_pid]}
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    # This Ray's address: other Rays on the machine (tests, other benchmarks) would make the
+    # state API refuse to guess.
+    actors = list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("state", "=", "ALIVE")],
+        limit=1000,
+    )
     return {
-        "proxy": [a.pid for a in actors if a.class_name == "ProxyActor"],
+        "proxy": [a.pid for a in actors if a.class_name == "ProxyActor" and a.pid],
+        TREE + "proxy": [a.pid for a in actors if a.class_name == "HAProxyManager" and a.pid],
         "replicas": [
             a.pid for a in actors if a.class_name.startswith(f"ServeReplica:{app}:") and a.pid
         ],
@@ -183,7 +232,24 @@ def process_groups(app: str, plain_pid: int) -> dict[str, list[int]]:
 
 
 def cpu_snapshot(groups: dict[str, list[int]]) -> dict[str, float]:
-    snap = {name: sum(_proc_cpu_s(pid) for pid in pids) for name, pids in groups.items()}
+    """CPU seconds used so far by each group, and by this process (the client).
+
+    A ``tree:`` group counts its processes, their live HAProxy children (looked up now: Ray
+    replaces HAProxy on every reload, also while a run is measured) and their reaped ones
+    (whose CPU the kernel adds to the parent's), so a reload neither loses nor double counts.
+    """
+    snap: dict[str, float] = {}
+    for name, pids in groups.items():
+        if name.startswith(TREE):
+            name = name.removeprefix(TREE)
+            used = sum(
+                _proc_cpu_s(pid, reaped_children=True)
+                + sum(_proc_cpu_s(child) for child in _children(pid, "haproxy"))
+                for pid in pids
+            )
+        else:
+            used = sum(_proc_cpu_s(pid) for pid in pids)
+        snap[name] = snap.get(name, 0.0) + used
     snap["client"] = sum(os.times()[:2])
     return snap
 
@@ -196,6 +262,7 @@ def measure(
     rate: float | None,
     groups: dict[str, list[int]] | None = None,
 ) -> tuple[LatencySummary, dict[str, float] | None]:
+    """Latency over ``seconds`` after 1 s of warm-up; CPU per answered request of ``groups``."""
     warm = 1.0
     load = LoadGenerator(
         LoadConfig(
@@ -344,39 +411,18 @@ def fmt_tables(runs: list[Run], levels: list[str]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per run")
-    p.add_argument("--levels", default="1,2,4,8,16", help="closed-loop concurrency levels")
-    p.add_argument("--candidates", type=int, default=100)
-    p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
-    p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--registry", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.plain_server:
-        plain_server(args.registry, args.port)
-        return
-
+def run_mode(mode: str, registry: str, levels: list[int], seconds: float, replicas: int) -> dict:
+    """Start a Ray with Serve's ``mode`` ingress, measure the four servers, return the runs."""
     from ray import serve
 
     from freshrank.runtime import free_port, init_ray
     from freshrank.serving.app import RankingAppConfig, build_ranking_app, replica_actor_options
 
-    levels = [int(x) for x in args.levels.split(",")]
-    body = make_body(args.candidates)
+    if mode == "haproxy":
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", HAPROXY_DRAIN_S)
+    body = make_body(BODY_CANDIDATES[0])
     load_before = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    reg = publish(work / "registry")
-    inproc = in_process(reg, body)
-    stage_text = ", ".join(f"{k} {v:.2f}" for k, v in inproc.stages.items())
-    print(
-        f"in process (CPU ms/request): {stage_text}; all {inproc.one:.2f}; "
-        f"in a batch of 16 {inproc.batch:.2f}"
-    )
-
-    init_ray(num_cpus=8, dashboard_port=None)
+    init_ray(num_cpus=8, dashboard_port=None, serve_ingress=mode)
     http_port, plain_port = free_port(), free_port()
     # Ray starts its workers (proxy, replicas) at niceness 15; the plain server gets the same, so
     # that on a shared machine both compete for CPU on equal terms.
@@ -389,19 +435,20 @@ def main() -> None:
             __file__,
             "--plain-server",
             "--registry",
-            str(reg.root),
+            registry,
             "--port",
             str(plain_port),
         ]
     )
+    runs: list[Run] = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        config = RankingAppConfig(registry=str(reg.root), num_replicas=args.replicas)
+        config = RankingAppConfig(registry=registry, num_replicas=replicas)
         serve.run(build_ranking_app(config), name="ranking", route_prefix="/ranking")
         for name, read_body in (("noop", False), ("noop_body", True)):
             serve.run(
                 noop_app(
-                    args.replicas,
+                    replicas,
                     config.max_ongoing_requests,
                     read_body,
                     replica_actor_options(config),
@@ -417,28 +464,25 @@ def main() -> None:
         }
         for url in urls.values():
             wait_ok(url, body)
-        groups = {s: process_groups(s, plain.pid) for s in SERVERS}
-        runs: list[Run] = []
-        for c in levels:
-            for s in SERVERS:
-                m, cpu = measure(urls[s], body, args.seconds, c, None, groups[s])
-                runs.append(Run(s, f"c={c}", m, cpu))
-                print(
-                    f"{s:8s} c={c:<3d} {m.throughput_rps:7.1f} req/s  p50 {m.p50_ms:6.1f} ms  "
-                    f"p99 {m.p99_ms:6.1f} ms  failed {m.failed}",
-                    flush=True,
-                )
-        peak = {s: max(r.summary.throughput_rps for r in runs if r.server == s) for s in SERVERS}
-        half = peak["ranking"] / 2
-        open_level = f"open {half:.0f}/s"
-        for s in SERVERS:
-            m, cpu = measure(urls[s], body, args.seconds, max(levels), half, groups[s])
-            runs.append(Run(s, open_level, m, cpu))
+
+        def run(s: str, level: str, concurrency: int, rate: float | None) -> LatencySummary:
+            m, cpu = measure(
+                urls[s], body, seconds, concurrency, rate, process_groups(s, plain.pid)
+            )
+            runs.append(Run(s, level, m, cpu))
             print(
-                f"{s:8s} open loop {half:.0f}/s: {m.throughput_rps:7.1f} req/s  p50 "
+                f"[{mode}] {s:9s} {level:12s} {m.throughput_rps:7.1f} req/s  p50 "
                 f"{m.p50_ms:6.1f} ms  p99 {m.p99_ms:6.1f} ms  failed {m.failed}",
                 flush=True,
             )
+            return m
+
+        for c in levels:
+            for s in SERVERS:
+                run(s, f"c={c}", c, None)
+        half = max(r.summary.throughput_rps for r in runs if r.server == "ranking") / 2
+        for s in SERVERS:
+            run(s, f"open {half:.0f}/s", max(levels), half)
     finally:
         plain.terminate()
         plain.wait(30)
@@ -446,104 +490,284 @@ def main() -> None:
         import ray
 
         ray.shutdown()
-    load_after = os.getloadavg()
+    return {
+        "mode": mode,
+        "load": [load_before[0], os.getloadavg()[0]],
+        "runs": [
+            {"server": r.server, "level": r.level, "summary": asdict(r.summary), "cpu": r.cpu_ms}
+            for r in runs
+        ],
+    }
 
-    by = {(r.server, r.level): r.summary for r in runs}
-    by_cpu = {(r.server, r.level): r.cpu_ms for r in runs}
-    c1 = f"c={levels[0]}"
-    gap = by[("ranking", c1)].p50_ms - by[("noop", c1)].p50_ms
-    peak_ratio = peak["ranking"] / peak["noop"]
-    plain_ratio = peak["ranking"] / peak["plain"]
-    p99_half = by[("ranking", open_level)].p99_ms
-    failed = sum(r.summary.failed for r in runs if r.server == "ranking")
-    gap_body = by[("ranking", c1)].p50_ms - by[("noop_body", c1)].p50_ms
-    goals = [
-        ("p50 at concurrency 1 within 2 ms of the no-op floor", f"{gap:+.1f} ms", gap <= 2.0),
-        (
-            "(same, against the floor that reads the body)",
-            f"{gap_body:+.1f} ms",
-            gap_body <= 2.0,
-        ),
-        ("peak throughput >= 0.8 x the no-op floor's peak", f"{peak_ratio:.2f}", peak_ratio >= 0.8),
-        (
-            f"p99 < 50 ms at half our peak ({half:.0f} req/s, open loop)",
-            f"{p99_half:.1f} ms",
-            p99_half < 50,
-        ),
-        (
-            "peak throughput >= 0.5 x the plain FastAPI server's (aim)",
-            f"{plain_ratio:.2f}",
-            plain_ratio >= 0.5,
-        ),
-        ("no failed requests on our app", str(failed), failed == 0),
+
+BODY_CANDIDATES = [100]
+"""The candidates per request of this run (set from ``--candidates``; the child reads it)."""
+
+
+def load_runs(data: dict) -> list[Run]:
+    return [
+        Run(r["server"], r["level"], LatencySummary(**r["summary"]), r["cpu"]) for r in data["runs"]
     ]
-    table = fmt_tables(runs, [r.level for r in runs if r.server == "ranking"])
-    peaks = " | ".join(f"{s} {peak[s]:.0f} req/s" for s in SERVERS)
-    goal_lines = "\n".join(
-        f"| {name} | {value} | {'PASS' if ok else 'FAIL'} |" for name, value, ok in goals
-    )
-    top = f"c={max(levels)}"
-    cpu_top = {s: by_cpu.get((s, top)) or {} for s in SERVERS}
 
-    def server_cpu(s: str) -> float:
-        return sum(v for k, v in cpu_top[s].items() if k != "client")
 
-    ours_rep = cpu_top["ranking"].get("replicas", 0)
-    floor_rep = cpu_top["noop_body"].get("replicas", 0)
-    total = {k: server_cpu(k) + cpu_top[k].get("client", 0) for k in SERVERS}
-    limits = (
-        f"What limits it (CPU per answered request at {top}, server side): Ray's floor costs "
-        f"{server_cpu('noop'):.1f} ms (proxy {cpu_top['noop'].get('proxy', 0):.1f} + replica "
-        f"{cpu_top['noop'].get('replicas', 0):.1f}) before any work, {server_cpu('noop_body'):.1f}"
-        f" ms once the body is read (the replica pulls it from the proxy with another actor "
-        f"call); our app {server_cpu('ranking'):.1f} ms, of which the replicas {ours_rep:.1f} ms "
-        f"against the body-reading floor's {floor_rep:.1f} ms: we add {ours_rep - floor_rep:.1f} "
-        f"ms per request in the replica, of which the scoring itself is {inproc.batch:.2f} ms "
-        "(in process, batch of 16; the rest is `@serve.batch`, the response and metrics in the "
-        f"replica's event loop). The plain server does everything, HTTP included, in "
-        f"{server_cpu('plain'):.1f} ms. With two cores for servers and client together, "
-        "throughput is about 2 s / (server + client CPU per request): with the client, a "
-        f"request costs {total['noop']:.1f} ms on the no-op floor, {total['noop_body']:.1f} ms "
-        f"on the body-reading floor and {total['ranking']:.1f} ms on ours, so the peak ratio "
-        f"against `noop` cannot pass {total['noop'] / total['noop_body']:.2f} for any endpoint "
-        "that reads its body (0.8 needs the body pull itself to be nearly free). The latency "
-        "goals are further hurt by the other developers' jobs on the same two cores (load "
-        "average above)."
-    )
+@dataclass(frozen=True)
+class ModeResult:
+    """One ingress mode's runs and what the report says about them."""
+
+    mode: str
+    runs: list[Run]
+    load: list[float]
+
+    @property
+    def levels(self) -> list[str]:
+        return [r.level for r in self.runs if r.server == "ranking"]
+
+    def summary(self, server: str, level: str) -> LatencySummary:
+        return next(r.summary for r in self.runs if (r.server, r.level) == (server, level))
+
+    def cpu(self, server: str, level: str) -> dict[str, float]:
+        return next(
+            (r.cpu_ms or {} for r in self.runs if (r.server, r.level) == (server, level)), {}
+        )
+
+    def peak(self, server: str) -> float:
+        return max(r.summary.throughput_rps for r in self.runs if r.server == server)
+
+    @property
+    def open_level(self) -> str:
+        return self.levels[-1]
+
+    def goals(self) -> list[tuple[str, str, bool]]:
+        """(goal, measured, met) against the floors of this mode."""
+        c1 = self.levels[0]
+        gap = self.summary("ranking", c1).p50_ms - self.summary("noop", c1).p50_ms
+        gap_body = self.summary("ranking", c1).p50_ms - self.summary("noop_body", c1).p50_ms
+        peak_ratio = self.peak("ranking") / self.peak("noop")
+        plain_ratio = self.peak("ranking") / self.peak("plain")
+        p99_half = self.summary("ranking", self.open_level).p99_ms
+        failed = sum(r.summary.failed for r in self.runs if r.server == "ranking")
+        half = self.peak("ranking") / 2
+        return [
+            (f"p50 at {c1} within 2 ms of the no-op floor", f"{gap:+.1f} ms", gap <= 2.0),
+            (
+                "(same, against the floor that reads the body)",
+                f"{gap_body:+.1f} ms",
+                gap_body <= 2.0,
+            ),
+            (
+                "peak throughput >= 0.8 x the no-op floor's peak",
+                f"{peak_ratio:.2f}",
+                peak_ratio >= 0.8,
+            ),
+            (
+                "p99 < 50 ms at half our peak (open loop)",
+                f"{p99_half:.1f} ms at {half:.0f} req/s",
+                p99_half < 50,
+            ),
+            (
+                "peak throughput >= 0.5 x the plain FastAPI server's (aim)",
+                f"{plain_ratio:.2f}",
+                plain_ratio >= 0.5,
+            ),
+            ("no failed requests on our app", str(failed), failed == 0),
+        ]
+
+    def limits(self, inproc: InProcess) -> str:
+        """The "What limits it" paragraph, from this mode's CPU figures."""
+        top = next((lv for lv in reversed(self.levels) if lv.startswith("c=")), self.levels[0])
+        cpu = {s: self.cpu(s, top) for s in SERVERS}
+
+        def server(s: str) -> float:
+            return sum(v for k, v in cpu[s].items() if k != "client")
+
+        def total(s: str) -> float:
+            return server(s) + cpu[s].get("client", 0)
+
+        ours_rep = cpu["ranking"].get("replicas", 0)
+        floor_rep = cpu["noop_body"].get("replicas", 0)
+        if self.mode == "proxy":
+            ingress = (
+                "Serve's Python proxy takes each request and hands it to a replica with an "
+                "actor call; once the replica reads the body it pulls it from the proxy with "
+                "another actor call"
+            )
+            body_note = (
+                f"so the peak ratio against `noop` cannot pass "
+                f"{total('noop') / total('noop_body'):.2f} for any endpoint that reads its body "
+                "(0.8 needs the body pull itself to be nearly free)"
+            )
+        else:
+            ingress = (
+                "HAProxy forwards each request over HTTP straight to a replica's own uvicorn "
+                "(direct ingress: no actor call, the body arrives with the request); the "
+                "ingress tier is HAProxy plus the HAProxyManager actor, which parses one log "
+                "line per request into Serve's HTTP metrics (`RAY_SERVE_HAPROXY_METRICS_ENABLED`, "
+                "on by default)"
+            )
+            body_note = (
+                f"so reading the body costs {total('noop_body') - total('noop'):+.2f} ms here "
+                "(server and client) "
+                f"and the peak ratio against `noop` is bounded near "
+                f"{total('noop') / total('ranking'):.2f} by our own per-request CPU"
+            )
+        return (
+            f"What limits it with `{self.mode}` ingress (CPU per answered request at {top}, "
+            f"server side): {ingress}. Ray's floor costs {server('noop'):.2f} ms (ingress "
+            f"{cpu['noop'].get('proxy', 0):.2f} + replica {cpu['noop'].get('replicas', 0):.2f})"
+            f" before any work, {server('noop_body'):.2f} ms once the body is read; our app "
+            f"{server('ranking'):.2f} ms, of which the replicas {ours_rep:.2f} ms against the "
+            f"body-reading floor's {floor_rep:.2f} ms: we add {ours_rep - floor_rep:.2f} ms per "
+            "request in the replica. The scoring itself costs between "
+            f"{inproc.batch:.2f} ms (in a batch of 16) and {inproc.one:.2f} ms (alone) in "
+            "process, depending on how many requests a batch gathers at this level; the rest "
+            "is the replica's request path (middlewares, the batcher, the response, metrics). "
+            "The plain server does everything, HTTP "
+            f"included, in {server('plain'):.2f} ms. With two cores for servers and client "
+            "together, throughput is about 2 s / (server + client CPU per request): with the "
+            f"client, a request costs {total('noop'):.2f} ms on the no-op floor, "
+            f"{total('noop_body'):.2f} ms on the body-reading floor and {total('ranking'):.2f} "
+            f"ms on ours, {body_note}."
+        )
+
+
+def fmt_report(results: list[ModeResult], inproc: InProcess, args: argparse.Namespace) -> str:
+    stage_text = ", ".join(f"{k} {v:.2f}" for k, v in inproc.stages.items())
     command = (
         f"python bench/bench_serving.py --seconds {args.seconds:g} --levels {args.levels} "
-        f"--candidates {args.candidates} --replicas {args.replicas}"
+        f"--candidates {args.candidates} --replicas {args.replicas} --ingress {args.ingress}"
     )
-    report = "\n".join(
-        [
-            f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, "
-            f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after: the machine "
-            "is shared with other developers' tests, so figures move between runs).",
+    loads = "; ".join(f"{r.mode}: {r.load[0]:.1f} before / {r.load[1]:.1f} after" for r in results)
+    out = [
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, load "
+        f"average {loads}: the machine is shared with other developers' tests, so figures move "
+        "between runs).",
+        "",
+        f"Requests of {args.candidates} candidates. `ranking` = our Serve app "
+        f"({args.replicas} replicas, batches of up to 16, no wait); `noop` = a Ray Serve "
+        f"FastAPI deployment answering a constant ({args.replicas} replicas, same ingress and "
+        "replica settings: user code on the replica's event loop for both); `noop_body` = the "
+        "same after reading the request body; `plain` = FastAPI + uvicorn, one process, same "
+        "model, encoder and response writer (`rank_requests_json`), started at Ray's worker "
+        "niceness (15) like the Serve processes. Each ingress mode (`proxy`: Serve's Python "
+        "proxy; `haproxy`: Ray 2.60's HAProxy with direct ingress, "
+        '`init_ray(serve_ingress="haproxy")`) runs on a Ray of its own, one after the other. '
+        f"Closed loop per concurrency level ({args.seconds:g} s each after 1 s warm-up), then "
+        "open loop at half our peak of the same mode. In process, no HTTP, CPU ms per request "
+        f"of {args.candidates} candidates: {stage_text}; all together {inproc.one:.2f} ms, "
+        f"{inproc.batch:.2f} ms per request in a batch of 16.",
+    ]
+    for r in results:
+        peaks = " | ".join(f"{s} {r.peak(s):.0f} req/s" for s in SERVERS)
+        out += [
             "",
-            f"Requests of {args.candidates} candidates. `ranking` = our Serve app "
-            f"({args.replicas} replicas, `@serve.batch` up to 16, no wait); `noop` = a Ray Serve "
-            f"FastAPI deployment answering a constant ({args.replicas} replicas, same proxy and "
-            "replica settings: user code on the replica's event loop for both); "
-            "`noop_body` = the same after reading the request body (one more proxy call); "
-            "`plain` = FastAPI + uvicorn, one process, same model, encoder and response writer "
-            "(`rank_requests_json`), started "
-            "at Ray's worker niceness (15) like the Serve processes. Closed "
-            f"loop per concurrency level ({args.seconds:g} s each after 1 s warm-up), then open "
-            f"loop at half our peak. In process, no HTTP, CPU ms per request of "
-            f"{args.candidates} candidates: {stage_text}; all together {inproc.one:.2f} ms, "
-            f"{inproc.batch:.2f} ms per request in a batch of 16.",
+            f"**Ingress `{r.mode}`**",
             "",
-            table,
+            fmt_tables(r.runs, r.levels),
             "",
-            f"Peaks: {peaks}.",
-            "",
-            "| goal | measured | result |",
-            "|---|---|---|",
-            goal_lines,
-            "",
-            limits,
+            f"Peaks ({r.mode}): {peaks}.",
         ]
+    names = [g[0] for g in results[0].goals()]
+    header = "| goal | " + " | ".join(f"`{r.mode}` ingress" for r in results) + " |"
+    out += ["", header, "|---" * (len(results) + 1) + "|"]
+    by_mode = [r.goals() for r in results]
+    for i, name in enumerate(names):
+        cells = [f"{g[i][1]} {'PASS' if g[i][2] else 'FAIL'}" for g in by_mode]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    for r in results:
+        out += ["", r.limits(inproc)]
+    out += [
+        "",
+        "The latency goals are further hurt by the other developers' jobs on the same two "
+        "cores (load averages above).",
+    ]
+    return "\n".join(out)
+
+
+def run_child(cmd: list[str]) -> None:
+    """Run a mode's child to the end. On Ctrl-C the child got the same SIGINT and is shutting
+    its Serve and Ray down (HAProxy included): wait for that instead of killing it."""
+    child = subprocess.Popen(cmd)
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:
+        try:
+            child.wait(120)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+        raise
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per run")
+    p.add_argument("--levels", default="1,2,4,8,16", help="closed-loop concurrency levels")
+    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument(
+        "--ingress",
+        choices=(*MODES, "both"),
+        default="both",
+        help="Serve ingress to measure: Serve's Python proxy, HAProxy (direct ingress), or both "
+        "(each on a Ray of its own)",
     )
+    p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--registry", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.plain_server:
+        plain_server(args.registry, args.port)
+        return
+    levels = [int(x) for x in args.levels.split(",")]
+    BODY_CANDIDATES[0] = args.candidates
+    if args.child:
+        data = run_mode(args.child, args.registry, levels, args.seconds, args.replicas)
+        Path(args.out).write_text(json.dumps(data))
+        return
+
+    modes = MODES if args.ingress == "both" else (args.ingress,)
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    try:
+        reg = publish(work / "registry")
+        inproc = in_process(reg, make_body(args.candidates))
+        stage_text = ", ".join(f"{k} {v:.2f}" for k, v in inproc.stages.items())
+        print(
+            f"in process (CPU ms/request): {stage_text}; all {inproc.one:.2f}; "
+            f"in a batch of 16 {inproc.batch:.2f}",
+            flush=True,
+        )
+        results = []
+        for mode in modes:
+            out = work / f"runs-{mode}.json"
+            run_child(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    mode,
+                    "--out",
+                    str(out),
+                    "--registry",
+                    str(reg.root),
+                    "--seconds",
+                    str(args.seconds),
+                    "--levels",
+                    args.levels,
+                    "--candidates",
+                    str(args.candidates),
+                    "--replicas",
+                    str(args.replicas),
+                ],
+            )
+            data = json.loads(out.read_text())
+            results.append(ModeResult(mode, load_runs(data), data["load"]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = fmt_report(results, inproc, args)
     print()
     print(report)
     if not args.no_write:
