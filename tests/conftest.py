@@ -9,7 +9,9 @@ Unit tests never touch it, so they run without Ray.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -39,3 +41,36 @@ def ray_local() -> Iterator[RayInfo]:
         ray.shutdown()
         os.environ.clear()
         os.environ.update(saved)
+
+
+Burst = Callable[[str, dict, int], list[tuple[int, str | None, float]]]
+
+
+@pytest.fixture
+def burst() -> Burst:
+    """Send ``n`` POSTs of ``body`` to ``url`` at once (threads behind a barrier, bounded joins);
+    returns each answer's (status, Retry-After header, seconds taken)."""
+
+    def run(url: str, body: dict, n: int) -> list[tuple[int, str | None, float]]:
+        import httpx
+
+        results: list[tuple[int, str | None, float]] = []
+        barrier = threading.Barrier(n)
+
+        def one() -> None:
+            with httpx.Client(timeout=60) as http:
+                barrier.wait(30)
+                started = time.monotonic()
+                r = http.post(url, json=body)
+                results.append(
+                    (r.status_code, r.headers.get("retry-after"), time.monotonic() - started)
+                )
+
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        return results
+
+    return run

@@ -260,27 +260,11 @@ def test_pin_file_is_honoured_without_redeploy(ranking):
         _until(lambda: all_on(champion), what=f"back to v{champion} after unpin")
 
 
-def test_overload_is_503_with_retry_after_not_a_hang(overload_url):
+def test_overload_is_503_with_retry_after_not_a_hang(overload_url, burst):
     body = dict(BODY, candidates=[{"item_id": f"i{i}", "price": 1.0} for i in range(1000)])
     with httpx.Client(timeout=30) as http:
         _until(lambda: http.post(f"{overload_url}/rank", json=BODY).status_code == 200)
-    results = []
-    barrier = threading.Barrier(24)
-
-    def one():
-        with httpx.Client(timeout=60) as http:
-            barrier.wait(30)
-            started = time.monotonic()
-            r = http.post(f"{overload_url}/rank", json=body)
-            results.append(
-                (r.status_code, r.headers.get("retry-after"), time.monotonic() - started)
-            )
-
-    threads = [threading.Thread(target=one) for _ in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
+    results = burst(f"{overload_url}/rank", body, 24)
     assert len(results) == 24  # nobody hangs
     codes = [c for c, _, _ in results]
     assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes

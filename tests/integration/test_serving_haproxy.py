@@ -261,28 +261,12 @@ def test_hot_swap_behind_haproxy(haproxy_app):
     assert r.json()["model_version"] == new
 
 
-def test_overload_is_503_with_retry_after_behind_haproxy(haproxy_app):
+def test_overload_is_503_with_retry_after_behind_haproxy(haproxy_app, burst):
     """Saturated replicas answer 503 + Retry-After themselves (direct ingress checks
     max_queued_requests per replica); HAProxy passes it on, nothing hangs or turns into 500."""
     url = haproxy_app["url"] + "/overload/rank"
     body = dict(BODY, candidates=[{"item_id": f"i{i}", "price": 1.0} for i in range(1000)])
-    results = []
-    barrier = threading.Barrier(24)
-
-    def one():
-        with httpx.Client(timeout=60) as http:
-            barrier.wait(30)
-            started = time.monotonic()
-            r = http.post(url, json=body)
-            results.append(
-                (r.status_code, r.headers.get("retry-after"), time.monotonic() - started)
-            )
-
-    threads = [threading.Thread(target=one) for _ in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
+    results = burst(url, body, 24)
     assert len(results) == 24  # nobody hangs
     codes = [c for c, _, _ in results]
     assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
