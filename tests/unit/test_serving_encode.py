@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from freshrank.features import hashing
 from freshrank.features.encode import (
     INPUT_KEYS,
     FeatureConfig,
@@ -13,7 +14,13 @@ from freshrank.features.encode import (
     encode_candidates,
     encode_searches,
 )
-from freshrank.features.hashing import bucket_cache_info, bucket_of, buckets_of, stable_hash64
+from freshrank.features.hashing import (
+    bucket_cache_info,
+    bucket_of,
+    buckets_memo_info,
+    buckets_of,
+    stable_hash64,
+)
 
 FC = FeatureConfig(
     user_buckets=101,
@@ -134,13 +141,27 @@ def test_no_searches_and_empty_search():
 
 
 def test_memoised_buckets_equal_the_hash_and_hit_the_cache():
-    before = bucket_cache_info()
     values = [f"memo-{i % 5}" for i in range(50)]
+    _, misses_before = buckets_memo_info("item", 1000)
     got = buckets_of(values, "item", 1000)
     want = [1 + stable_hash64(v, "item") % 999 for v in values]
     assert got.tolist() == want and got.dtype == np.int64
-    after = bucket_cache_info()
-    assert after.hits - before.hits >= 45  # 5 distinct values, 50 lookups
+    _, misses_after = buckets_memo_info("item", 1000)
+    assert misses_after - misses_before == 5  # 5 distinct values, 50 lookups
+    assert buckets_of(values, "item", 1000).tolist() == want
+    assert buckets_memo_info("item", 1000)[1] == misses_after  # all hits now
+    before = bucket_cache_info()
+    assert [bucket_of(v, "item", 1000) for v in values] == want
+    assert bucket_cache_info().hits - before.hits >= 45
     assert bucket_of(None, "item", 1000) == bucket_of("", "item", 1000) == 0
     with pytest.raises(ValueError, match="buckets must be >= 2"):
         buckets_of(["a"], "item", 1)
+
+
+def test_a_full_bucket_memo_is_emptied_and_stays_right(monkeypatch):
+    monkeypatch.setattr(hashing, "BUCKET_CACHE_SIZE", 10)
+    values = [f"full-{i}" for i in range(35)] + [None, ""] + [f"full-{i}" for i in range(5)]
+    got = buckets_of(values, "full", 97)
+    assert got.tolist() == [bucket_of(v, "full", 97) for v in values]
+    entries, misses = buckets_memo_info("full", 97)
+    assert entries <= 10 and misses == len(values)  # emptied when full, so the repeats missed

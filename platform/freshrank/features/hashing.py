@@ -4,9 +4,12 @@ Python's built-in ``hash()`` is salted per process, so two workers (or a trainer
 replica) would disagree; these functions use BLAKE2b and give the same bucket everywhere.
 Bucket 0 is reserved for "missing" (null or empty), so a valid id lands in ``[1, buckets)``.
 
-Buckets are memoised in a bounded LRU (``BUCKET_CACHE_SIZE`` entries per process): ids repeat
-heavily (popular items, categories, brands, a user's searches), and a cache hit costs a tenth
-of a BLAKE2b hash. The cache only remembers results; every value still maps to the same bucket.
+Buckets are memoised (``BUCKET_CACHE_SIZE`` entries): ids repeat heavily (popular items,
+categories, brands, a user's searches), and a hit costs a tenth of a BLAKE2b hash or less.
+:func:`bucket_of` and :func:`hash_buckets` share an LRU; :func:`buckets_of` (serving's hot path,
+hundreds of ids per request) keeps one plain dict per (salt, buckets), looked up from C
+(~0.04 us per id instead of ~0.15 us through the LRU's key tuple) and emptied when full. The
+memos only remember results; every value still maps to the same bucket.
 """
 
 from __future__ import annotations
@@ -66,6 +69,39 @@ def bucket_cache_info() -> functools._CacheInfo:
     return _bucket.cache_info()
 
 
+class _BucketMemo(dict):
+    """value -> bucket for one (salt, buckets); a miss hashes (``dict.__missing__``)."""
+
+    def __init__(self, salt: str, buckets: int) -> None:
+        super().__init__()
+        self.salt = salt
+        self.buckets = buckets
+        self.misses = 0
+
+    def __missing__(self, value: str | None) -> int:
+        self.misses += 1
+        if len(self) >= BUCKET_CACHE_SIZE:
+            self.clear()
+        code = self[value] = _bucket_uncached(value, self.salt, self.buckets)
+        return code
+
+
+_MEMOS: dict[tuple[str, int], _BucketMemo] = {}
+
+
+def _memo(salt: str, buckets: int) -> _BucketMemo:
+    memo = _MEMOS.get((salt, buckets))
+    if memo is None:
+        memo = _MEMOS.setdefault((salt, buckets), _BucketMemo(salt, buckets))
+    return memo
+
+
+def buckets_memo_info(salt: str, buckets: int) -> tuple[int, int]:
+    """Entries and misses so far of :func:`buckets_of`'s memo for ``(salt, buckets)``."""
+    memo = _memo(salt, buckets)
+    return len(memo), memo.misses
+
+
 def buckets_of(values: Sequence[str | None], salt: str, buckets: int) -> np.ndarray:
     """:func:`bucket_of` of each value of a Python sequence, as int64 (no Arrow round trip).
 
@@ -75,8 +111,7 @@ def buckets_of(values: Sequence[str | None], salt: str, buckets: int) -> np.ndar
     """
     if buckets < 2:
         raise ValueError(f"buckets must be >= 2 (bucket 0 means missing), got {buckets}")
-    n = len(values)
-    return np.fromiter(map(_bucket, values, [salt] * n, [buckets] * n), dtype=np.int64, count=n)
+    return np.fromiter(map(_memo(salt, buckets).__getitem__, values), np.int64, len(values))
 
 
 def hash_buckets(
