@@ -4,12 +4,14 @@ FastAPI stays the application (its routes make ``/docs``, ``/openapi.json``, ``/
 ``/healthz``, and it answers every request this module passes on), but the hot endpoint skips
 its routing, dependency solving and two-step body parsing (``json.loads`` then validation):
 :class:`RankFastPath` is an ASGI middleware that takes a ``POST /rank`` with a JSON content type,
-parses and validates the body in one pydantic-core call (``RankRequest.model_validate_json``)
-and hands the request to the server's answer function, the same one the FastAPI route calls.
+decodes and validates the body in one call into the encoder's columns (``wire.decode_search``:
+msgspec, the constraints of ``RankRequest``) and hands them to the server's answer function, the
+same one the FastAPI route calls with its ``RankRequest``.
 
-Anything else goes to FastAPI unchanged, and so does a body that does not validate: FastAPI
-then answers exactly as it did before (422 naming the field, or 400/422 for bad JSON), so
-error bodies cannot drift from the documented ones.
+Anything else goes to FastAPI unchanged, and so does a body the decoder refuses: FastAPI then
+answers exactly as it did before (422 naming the field, or 400/422 for bad JSON, or 200 for the
+few bodies pydantic's lax mode accepts and msgspec does not), so answers cannot drift from the
+documented ones.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import ValidationError
-
-from freshrank.serving.api import RankRequest
+from freshrank.features.encode import SearchCandidates
 from freshrank.serving.limits import ASGIApp, Message, Receive, Scope, Send
+from freshrank.serving.wire import decode_search
 
-Answer = Callable[[RankRequest, bool], Awaitable[Any]]
+Answer = Callable[[SearchCandidates, bool], Awaitable[Any]]
 """Answers a validated request with an ASGI response (a Starlette ``Response``); the flag says
 whether it is the only ``/rank`` request this app holds (nothing to batch it with)."""
 
@@ -73,10 +74,9 @@ class RankFastPath:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        try:
-            request = RankRequest.model_validate_json(body)
-        except ValidationError:
-            await self.app(scope, _replay(body, receive), send)  # FastAPI says what is wrong
+        request = decode_search(body)
+        if request is None:  # FastAPI answers: says what is wrong, or accepts it its own way
+            await self.app(scope, _replay(body, receive), send)
             return
         alone = self.in_flight.count <= 1
         if alone:

@@ -6,6 +6,9 @@ for the requests' ``candidates_table()``s, the tables training encodes, without 
 scored once, and the scores are split back per request. :func:`rank_requests_json` gives each
 answer as the JSON body the endpoint sends (what ``RankResponse.model_dump_json()`` gives,
 without building the response model).
+
+A request is a pydantic ``RankRequest`` or already the encoder's columns (``SearchCandidates``,
+what the endpoint's fast path decodes a body into: ``serving.wire``); both score the same.
 """
 
 from __future__ import annotations
@@ -13,15 +16,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pydantic_core
 import torch
 
-from freshrank.features.encode import SearchCandidates, encode_searches
-from freshrank.model.device import to_tensors
+from freshrank.features.encode import ID_FEATURES, SearchCandidates, encode_searches
 from freshrank.registry.checkpoint import ServingModel
 from freshrank.serving.api import RankRequest, RankResponse
+from freshrank.serving.wire import encode_ranking
 
-_CPU = torch.device("cpu")
+Search = RankRequest | SearchCandidates
+"""A request to score: validated by pydantic, or decoded into columns by ``serving.wire``."""
+
+_RELEVANCE_KEYS = (*ID_FEATURES, "query", "dense")
+"""The encoded inputs the ranker reads with ``use_position=False`` (position and label are
+training's)."""
 
 
 def search_candidates(request: RankRequest) -> SearchCandidates:
@@ -38,20 +45,28 @@ def search_candidates(request: RankRequest) -> SearchCandidates:
     )
 
 
-def score_batch(served: ServingModel, requests: Sequence[RankRequest]) -> list[np.ndarray]:
+def columns(request: Search) -> SearchCandidates:
+    """The request as the encoder's columns."""
+    return request if isinstance(request, SearchCandidates) else search_candidates(request)
+
+
+def score_batch(served: ServingModel, requests: Sequence[Search]) -> list[np.ndarray]:
     """Relevance scores (position bias left out) of each request's candidates, in input order,
     from one encode and one forward pass over all of them."""
     if not requests:
         return []
-    inputs = encode_searches([search_candidates(r) for r in requests], served.model.config.features)
+    searches = [columns(r) for r in requests]
+    inputs = encode_searches(searches, served.model.config.features)
     with torch.inference_mode():
-        logits = served.model(to_tensors(inputs, _CPU), use_position=False)
+        tensors = {k: torch.from_numpy(inputs[k]) for k in _RELEVANCE_KEYS}
+        logits = served.model(tensors, use_position=False)
     scores = logits.numpy().astype(np.float64)
-    bounds = np.cumsum([len(r.candidates) for r in requests])[:-1]
-    return np.split(scores, bounds)
+    if len(searches) == 1:
+        return [scores]
+    return np.split(scores, np.cumsum([len(s) for s in searches[:-1]]))
 
 
-def score_candidates(served: ServingModel, request: RankRequest) -> np.ndarray:
+def score_candidates(served: ServingModel, request: Search) -> np.ndarray:
     """Relevance scores (position bias left out) of the request's candidates, in input order."""
     return score_batch(served, [request])[0]
 
@@ -77,21 +92,20 @@ def rank_requests(served: ServingModel, requests: Sequence[RankRequest]) -> list
 
 
 def responses_json(
-    served: ServingModel, requests: Sequence[RankRequest], scores: Sequence[np.ndarray]
+    served: ServingModel, requests: Sequence[Search], scores: Sequence[np.ndarray]
 ) -> list[bytes]:
     """Each request's ``RankResponse`` JSON body for its ``scores`` (from :func:`score_batch`).
 
-    Byte for byte ``RankResponse(...).model_dump_json()``: the same fields in the same order
-    through pydantic-core's serializer, without validating into models first (the values are
-    already of the right types); a non-finite score is ``null`` as there.
+    Byte for byte ``RankResponse(...).model_dump_json()`` (``wire.encode_ranking``), without
+    validating into models first; a non-finite score is ``null`` as there.
     """
     return [
-        pydantic_core.to_json(_ranked_dict(served, r, s), inf_nan_mode="null")
+        encode_ranking(served.version, columns(r).item_id, s)
         for r, s in zip(requests, scores, strict=True)
     ]
 
 
-def rank_requests_json(served: ServingModel, requests: Sequence[RankRequest]) -> list[bytes]:
+def rank_requests_json(served: ServingModel, requests: Sequence[Search]) -> list[bytes]:
     """:func:`rank_requests`, each answer as the JSON body the endpoint sends (see
     :func:`responses_json`)."""
     return responses_json(served, requests, score_batch(served, requests))
