@@ -117,6 +117,27 @@ def test_ranker_shapes_and_position_only_in_training():
     assert InteractionArch.output_dim(6, 8) == 8 + 21
 
 
+def test_interaction_pairs_are_the_upper_triangle_bit_for_bit():
+    """The flattened-gram index_select equals the (rows, cols) indexing it replaced, values and
+    gradients, and pairs every vector once with each later one."""
+    torch.manual_seed(0)
+    arch = InteractionArch(num_sparse=6)
+    dense = torch.randn(300, 8, requires_grad=True)
+    sparse = torch.randn(300, 6, 8, requires_grad=True)
+    out = arch(dense, sparse)
+    stacked = torch.cat([dense.unsqueeze(1), sparse], dim=1)
+    rows, cols = torch.triu_indices(7, 7, offset=1)
+    want = torch.cat([dense, torch.bmm(stacked, stacked.transpose(1, 2))[:, rows, cols]], dim=1)
+    assert torch.equal(out, want)
+    g_out = torch.autograd.grad(out.square().sum(), (dense, sparse))
+    g_want = torch.autograd.grad(want.square().sum(), (dense, sparse))
+    assert all(torch.equal(a, b) for a, b in zip(g_out, g_want, strict=True))
+    # pair k is (rows[k], cols[k]): vector 0 (dense) with 1, ..., 5 with 6
+    expected = (stacked[:, 2] * stacked[:, 5]).sum(-1)
+    k = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)].index((2, 5))
+    torch.testing.assert_close(out[:, 8 + k], expected)
+
+
 def test_ranker_handles_empty_batch_with_gradients():
     model = Ranker(RankerConfig(features=FC, embedding_dim=4))
     inputs = to_tensors(encode(FILE_SCHEMA.empty_table(), FC), torch.device("cpu"))
