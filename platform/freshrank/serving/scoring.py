@@ -21,7 +21,7 @@ import torch
 from freshrank.features.encode import ID_FEATURES, SearchCandidates, encode_searches
 from freshrank.registry.checkpoint import ServingModel
 from freshrank.serving.api import RankRequest, RankResponse
-from freshrank.serving.wire import encode_ranking
+from freshrank.serving.wire import encode_ranking, search_columns
 
 Search = RankRequest | SearchCandidates
 """A request to score: validated by pydantic, or decoded into columns by ``serving.wire``."""
@@ -33,16 +33,7 @@ training's)."""
 
 def search_candidates(request: RankRequest) -> SearchCandidates:
     """A request's candidates as the columns the encoder reads."""
-    candidates = request.candidates
-    return SearchCandidates(
-        user_id=request.user_id,
-        query=request.query,
-        device=request.device,
-        item_id=[c.item_id for c in candidates],
-        category=[c.category for c in candidates],
-        brand=[c.brand for c in candidates],
-        price=[c.price for c in candidates],
-    )
+    return search_columns(request)
 
 
 def columns(request: Search) -> SearchCandidates:

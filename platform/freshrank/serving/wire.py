@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import msgspec
 import numpy as np
@@ -68,6 +68,31 @@ def decode_search(body: bytes) -> SearchCandidates | None:
         search = _DECODER.decode(body)
     except msgspec.DecodeError:  # ValidationError is a DecodeError
         return None
+    return search_columns(search)
+
+
+class CandidateFields(Protocol):
+    """A candidate's fields as attributes (``api.Candidate``, the decoder's struct)."""
+
+    item_id: str
+    category: str | None
+    brand: str | None
+    price: float | None
+
+
+class SearchFields(Protocol):
+    """A search's fields as attributes (``api.RankRequest``, the decoder's struct)."""
+
+    user_id: str
+    query: str
+    device: str | None
+
+    @property
+    def candidates(self) -> Sequence[CandidateFields]: ...
+
+
+def search_columns(search: SearchFields) -> SearchCandidates:
+    """A validated search as the columns the encoder reads."""
     candidates = search.candidates
     return SearchCandidates(
         user_id=search.user_id,
