@@ -186,32 +186,38 @@ def _rank_scope() -> dict:
     }
 
 
+async def _post(app, raw: bytes, release: asyncio.Event | None = None) -> int:
+    """Send one JSON ``POST /rank`` of ``raw`` through the ASGI ``app``; its status. With
+    ``release`` the body arrives only once it is set (as when a replica fetches it from the
+    proxy); without, it is there at once (direct ingress)."""
+    delivered = False
+
+    async def receive():
+        nonlocal delivered
+        if release is not None:
+            await release.wait()
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await asyncio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app(_rank_scope(), receive, send)
+    return sent[0]["status"]
+
+
 def test_a_request_is_told_whether_it_is_alone(app_and_server):
     """Counted from the first byte: one still waiting for its body makes the other not alone."""
     app, server, _ = app_and_server
     raw = json.dumps(BODY).encode()
 
     async def post(release: asyncio.Event | None) -> int:
-        scope = _rank_scope()
-        delivered = False
-
-        async def receive():
-            nonlocal delivered
-            if release is not None:
-                await release.wait()  # the body is still on its way from the proxy
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            await asyncio.sleep(60)
-            return {"type": "http.disconnect"}
-
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        await app(scope, receive, send)
-        return sent[0]["status"]
+        return await _post(app, raw, release)
 
     async def scenario() -> list[int]:
         slow = asyncio.Event()
@@ -239,26 +245,9 @@ def test_requests_that_arrive_together_are_not_alone(app_and_server):
 
     server.answer = batched
     raw = json.dumps(BODY).encode()
-    scope = _rank_scope()
 
     async def post() -> int:
-        delivered = False
-
-        async def receive():
-            nonlocal delivered
-            if not delivered:  # the body is already here: no suspension
-                delivered = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            await asyncio.sleep(60)
-            return {"type": "http.disconnect"}
-
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        await app(dict(scope), receive, send)
-        return sent[0]["status"]
+        return await _post(app, raw)  # the body is already here: no suspension
 
     async def together() -> list[int]:
         return list(await asyncio.gather(post(), post(), post()))
