@@ -19,7 +19,7 @@ defaults, 0.64 ms with :func:`tune_gc`'s, 0.62 ms with no collector at all.
 
 Nothing leaks: reference counting frees a request's objects as before, frozen objects are still
 freed when their count drops to zero (only a reference *cycle* among them waits until
-:func:`unfreeze`), and cyclic garbage made after tuning is collected once ``threshold0`` of it
+``gc.unfreeze()``), and cyclic garbage made after tuning is collected once ``threshold0`` of it
 accumulate.
 """
 
@@ -73,9 +73,4 @@ def restore_gc(state: GcState) -> None:
     """Undo :func:`tune_gc`: the previous thresholds, and frozen objects back in the collector."""
     gc.set_threshold(*state.previous_thresholds)
     if state.frozen:
-        unfreeze()
-
-
-def unfreeze() -> None:
-    """Put frozen objects back under the collector (``gc.unfreeze()``)."""
-    gc.unfreeze()
+        gc.unfreeze()
