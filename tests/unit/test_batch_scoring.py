@@ -53,15 +53,16 @@ def test_batch_equals_one_by_one_and_keeps_order():
 def test_one_forward_pass_for_the_batch(monkeypatch):
     served = _served()
     calls = []
-    original = served.model.forward
+    original = served.model.relevance
 
-    def counting(*args, **kwargs):
-        calls.append(args[0]["item"].shape[0])
-        return original(*args, **kwargs)
+    def counting(inputs, groups=None):
+        calls.append((inputs["item"].shape[0], inputs["user"].shape[0], groups.tolist()))
+        return original(inputs, groups)
 
-    monkeypatch.setattr(served.model, "forward", counting)
+    monkeypatch.setattr(served.model, "relevance", counting)
     scores = score_batch(served, [_req("a", 4), _req("b", 6)])
-    assert calls == [10] and [len(s) for s in scores] == [4, 6]
+    # one pass over the 10 candidates, with the two searches' own features once each
+    assert calls == [(10, 2, [0] * 4 + [1] * 6)] and [len(s) for s in scores] == [4, 6]
     assert score_batch(served, []) == []
 
 

@@ -5,7 +5,9 @@ import torch
 
 from freshrank.events.schema import FILE_SCHEMA
 from freshrank.features.encode import (
+    ID_FEATURES,
     INPUT_KEYS,
+    SEARCH_KEYS,
     FeatureConfig,
     candidates_table,
     concat_inputs,
@@ -136,6 +138,81 @@ def test_interaction_pairs_are_the_upper_triangle_bit_for_bit():
     expected = (stacked[:, 2] * stacked[:, 5]).sum(-1)
     k = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)].index((2, 5))
     torch.testing.assert_close(out[:, 8 + k], expected)
+
+
+def _layer_by_layer_relevance(model: Ranker, inputs: dict) -> torch.Tensor:
+    """The ranker's relevance computed the plain way: every part through its module call,
+    sparse vectors stacked first and the dense one put in front, pairs by advanced indexing."""
+    sparse_arch = model.sparse
+    embedded = [sparse_arch.tables[name](inputs[name]) for name in ID_FEATURES]
+    sparse = torch.stack([*embedded, sparse_arch.query(inputs["query"])], dim=1)
+    dense = torch.nn.Sequential.forward(model.dense.mlp, inputs["dense"])
+    stacked = torch.cat([dense.unsqueeze(1), sparse], dim=1)
+    rows, cols = torch.triu_indices(stacked.shape[1], stacked.shape[1], offset=1)
+    gram = torch.bmm(stacked, stacked.transpose(1, 2))
+    interaction = torch.cat([dense, gram[:, rows, cols]], dim=1)
+    return torch.nn.Sequential.forward(model.over.mlp, interaction).squeeze(-1)
+
+
+def test_relevance_is_the_layer_by_layer_computation_bit_for_bit():
+    """Stacking once, the MLPs' direct layer functions and the tables' direct lookups change
+    no value and no gradient, and the parameters keep their names (old checkpoints load)."""
+    torch.manual_seed(0)
+    model = Ranker(RankerConfig(features=FC, embedding_dim=8, over_hidden=(16, 8)))
+    inputs = to_tensors(encode(_events(200), FC), torch.device("cpu"))
+    out = model.relevance(inputs)
+    want = _layer_by_layer_relevance(model, inputs)
+    assert torch.equal(out, want)
+    params = [p for _, p in model.named_parameters()]
+    g_out = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    g_want = torch.autograd.grad(want.square().sum(), params, allow_unused=True)
+    for (name, _), a, b in zip(model.named_parameters(), g_out, g_want, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b), name
+    assert {k for k in model.state_dict() if "mlp" in k} == {
+        "dense.mlp.0.weight",
+        "dense.mlp.0.bias",
+        "dense.mlp.2.weight",
+        "dense.mlp.2.bias",
+        "over.mlp.0.weight",
+        "over.mlp.0.bias",
+        "over.mlp.2.weight",
+        "over.mlp.2.bias",
+        "over.mlp.4.weight",
+        "over.mlp.4.bias",
+    }
+
+
+@pytest.mark.parametrize("sizes", [[1], [5, 1, 3], [4, 4, 4, 4, 4, 4, 4, 4]])
+def test_relevance_by_search_equals_relevance_by_row(sizes):
+    """Search-level inputs given once per search (``groups``) score bit for bit as the same
+    inputs repeated on every row of the search."""
+    torch.manual_seed(1)
+    rng = np.random.default_rng(len(sizes))
+    model = Ranker(RankerConfig(features=FC, embedding_dim=8)).eval()
+    n, s = sum(sizes), len(sizes)
+    groups = np.repeat(np.arange(s), sizes)
+    per_search = {
+        "user": rng.integers(0, FC.user_buckets, s),
+        "device": rng.integers(0, FC.device_buckets, s),
+        "query": rng.integers(0, FC.query_buckets, (s, FC.max_query_tokens)),
+    }
+    per_search["query"][0, 2:] = 0  # padding
+    inputs = {
+        "item": rng.integers(0, FC.item_buckets, n),
+        "category": rng.integers(0, FC.category_buckets, n),
+        "brand": rng.integers(0, FC.brand_buckets, n),
+        "dense": rng.normal(size=(n, 2)).astype(np.float32),
+    }
+    assert set(per_search) == set(SEARCH_KEYS)
+    by_row = {**inputs, **{k: v[groups] for k, v in per_search.items()}}
+    with torch.inference_mode():
+        want = model.relevance({k: torch.from_numpy(v) for k, v in by_row.items()})
+        got = model.relevance(
+            {k: torch.from_numpy(v) for k, v in {**inputs, **per_search}.items()},
+            torch.from_numpy(groups),
+        )
+    assert got.shape == (n,)
+    assert torch.equal(got, want)
 
 
 def test_ranker_handles_empty_batch_with_gradients():

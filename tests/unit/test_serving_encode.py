@@ -7,11 +7,13 @@ import pytest
 from freshrank.features import hashing
 from freshrank.features.encode import (
     INPUT_KEYS,
+    SEARCH_KEYS,
     FeatureConfig,
     SearchCandidates,
     candidates_table,
     encode,
     encode_candidates,
+    encode_search_groups,
     encode_searches,
 )
 from freshrank.features.hashing import (
@@ -109,6 +111,28 @@ def test_fast_path_is_byte_identical_to_the_table_path(seed):
     _assert_identical(fast, slow)
     for (u, q, d, c), table in zip(searches, tables, strict=True):
         _assert_identical(encode_candidates(u, q, c, FC, device=d), encode(table, FC))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_search_groups_hold_each_search_once(seed):
+    rng = np.random.default_rng(100 + seed)
+    searches = [
+        SearchCandidates.from_candidates(u, q, c, device=d)
+        for u, q, d, c in (_random_search(rng) for _ in range(int(rng.integers(1, 9))))
+    ]
+    by_row = encode_searches(searches, FC)
+    grouped, groups = encode_search_groups(searches, FC)
+    sizes = [len(s) for s in searches]
+    assert groups.dtype == np.int64
+    assert groups.tolist() == [i for i, n in enumerate(sizes) for _ in range(n)]
+    for key in INPUT_KEYS:
+        if key in SEARCH_KEYS:
+            assert len(grouped[key]) == len(searches), key
+            expanded = grouped[key][groups]
+            assert expanded.tobytes() == by_row[key].tobytes(), key
+        else:
+            assert grouped[key].tobytes() == by_row[key].tobytes(), key
+        assert grouped[key].dtype == by_row[key].dtype, key
 
 
 def test_queries_whose_tokens_python_and_arrow_split_or_case_differently():

@@ -58,7 +58,10 @@ INPUT_KEYS: tuple[str, ...] = (*ID_FEATURES, "query", "dense", "position", "labe
 
 CANDIDATE_KEYS: tuple[str, ...] = ("item", "category", "brand", "dense", "position")
 """The keys that describe the shown candidate (its item, price and display slot); the rest but
-``label`` describe the search (user, device, query)."""
+``label`` describe the search (``SEARCH_KEYS``)."""
+
+SEARCH_KEYS: tuple[str, ...] = ("user", "device", "query")
+"""The keys that describe the search (the same for every candidate of one search)."""
 
 DENSE_DIM = 2
 
@@ -297,14 +300,35 @@ def encode_searches(
     >>> all(np.array_equal(fast[k], slow[k]) and fast[k].dtype == slow[k].dtype for k in slow)
     True
     """
+    inputs, groups = encode_search_groups(searches, config)
+    for key in SEARCH_KEYS:
+        inputs[key] = inputs[key][groups]
+    return inputs
+
+
+def encode_search_groups(
+    searches: Sequence[SearchCandidates], config: FeatureConfig
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:func:`encode_searches` with the search-level keys (``SEARCH_KEYS``) once per search.
+
+    Returns the inputs, where ``user``, ``device`` and ``query`` have one row per search and
+    every other key one row per candidate, and ``groups``: the search of each candidate row
+    (int64). ``inputs[k][groups]`` for the search-level keys gives :func:`encode_searches`;
+    ``Ranker.relevance(inputs, groups)`` scores them without repeating them.
+
+    >>> s = SearchCandidates("u1", "shoes", None, ["i1", "i2"], [None, None], [None, None],
+    ...                      [None, None])
+    >>> inputs, groups = encode_search_groups([s, s], FeatureConfig())
+    >>> inputs["user"].shape, inputs["query"].shape, inputs["item"].shape, groups.tolist()
+    ((2,), (2, 4), (4,), [0, 0, 1, 1])
+    """
     sizes = np.fromiter((len(s) for s in searches), dtype=np.int64, count=len(searches))
     n = int(sizes.sum())
     out: dict[str, np.ndarray] = {}
     for feature, attr in (("user", "user_id"), ("device", "device")):
-        per_search = buckets_of(
+        out[feature] = buckets_of(
             [getattr(s, attr) for s in searches], feature, config.buckets(feature)
         )
-        out[feature] = np.repeat(per_search, sizes)
     for feature, attr in (("item", "item_id"), ("category", "category"), ("brand", "brand")):
         values: list[str | None] = []
         for s in searches:
@@ -312,19 +336,19 @@ def encode_searches(
         out[feature] = buckets_of(values, feature, config.buckets(feature))
     t = config.max_query_tokens
     rows = [_query_row(s.query, t, config.query_buckets) for s in searches]
-    queries = np.asarray(rows, dtype=np.int64).reshape(len(searches), t)
-    out["query"] = np.repeat(queries, sizes, axis=0)
+    out["query"] = np.asarray(rows, dtype=np.int64).reshape(len(searches), t)
     prices: list[float | None] = []
     for s in searches:
         prices.extend(s.price)
     if n:
-        price = np.array([np.nan if p is None else p for p in prices], dtype=np.float64)
+        price = np.array(prices, dtype=np.float64)  # None -> NaN
         out["dense"] = _dense(np.isnan(price), price, n)
     else:
         out["dense"] = _dense(None, None, 0)
     out["position"] = np.zeros(n, dtype=np.int64)
     out["label"] = np.zeros(n, dtype=np.float32)
-    return {k: out[k] for k in INPUT_KEYS}
+    groups = np.repeat(np.arange(len(searches), dtype=np.int64), sizes)
+    return {k: out[k] for k in INPUT_KEYS}, groups
 
 
 def encode_candidates(

@@ -6,6 +6,12 @@ D = embedding dim, T = query tokens.
 The click logit in training is ``relevance(x) + position_bias[position]``: position bias is
 learned so that relevance is not blamed for the position an item was shown at, and serving
 scores use ``relevance(x)`` alone (``use_position=False``).
+
+Serving scores many candidates of the same search: ``relevance(inputs, groups)`` takes the
+search-level inputs (``features.encode.SEARCH_KEYS``: user, device, query) once per search and
+embeds them once per search, which gives bit for bit the scores of the row-per-candidate inputs
+(an embedding row, or a bag's mean, does not depend on the other rows) at less cost: a batch of
+540 candidates from 5 searches pools 5 query bags instead of 540.
 """
 
 from __future__ import annotations
@@ -13,19 +19,40 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from freshrank.features.encode import DENSE_DIM, ID_FEATURES
+from freshrank.features.encode import DENSE_DIM, ID_FEATURES, SEARCH_KEYS
 from freshrank.model.config import RankerConfig
 
 
-def _mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2 or final_activation:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+class MLP(nn.Sequential):
+    """Linear layers with a ReLU after each but the last (after the last too with
+    ``final_activation``).
+
+    An ``nn.Sequential`` (the parameters keep its names: ``0.weight``, ``2.weight``, ...) whose
+    forward applies each layer's function itself, one module call instead of one per layer:
+    the same operations on the same tensors (bit for bit), 0.01-0.03 ms less per pass.
+    """
+
+    def __init__(self, sizes: list[int], final_activation: bool) -> None:
+        layers: list[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2 or final_activation:
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self._modules.values():
+            kind = type(layer)
+            if kind is nn.Linear:
+                x = F.linear(x, layer.weight, layer.bias)
+            elif kind is nn.ReLU:
+                x = torch.relu(x)
+            else:  # anything put in later: its own call
+                x = layer(x)
+        return x
 
 
 class SparseArch(nn.Module):
@@ -46,9 +73,27 @@ class SparseArch(nn.Module):
             nn.init.normal_(table.weight, std=0.05)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        embedded = [self.tables[name](inputs[name]) for name in ID_FEATURES]
-        embedded.append(self.query(inputs["query"]))
-        return torch.stack(embedded, dim=1)
+        return torch.stack(self.embed(inputs), dim=1)
+
+    def embed(self, inputs: Mapping[str, Tensor], groups: Tensor | None = None) -> list[Tensor]:
+        """The F vectors, each (B, D), in ``ID_FEATURES`` order and the pooled query last.
+
+        With ``groups`` (B,) int64, the search-level inputs (``SEARCH_KEYS``) hold one row per
+        search and ``groups[i]`` is the search of row ``i``: each search is embedded once and
+        its vectors repeated, bit for bit the vectors of the repeated inputs.
+        """
+        # The tables' functions called directly (what nn.Embedding's forward calls with the
+        # default options these tables use): one module call fewer per table.
+        tables = self.tables
+        embedded = []
+        for name in ID_FEATURES:
+            vectors = F.embedding(inputs[name], tables[name].weight)
+            if groups is not None and name in SEARCH_KEYS:
+                vectors = vectors.index_select(0, groups)
+            embedded.append(vectors)
+        query = self.query(inputs["query"])
+        embedded.append(query if groups is None else query.index_select(0, groups))
+        return embedded
 
 
 class DenseArch(nn.Module):
@@ -56,7 +101,7 @@ class DenseArch(nn.Module):
 
     def __init__(self, config: RankerConfig) -> None:
         super().__init__()
-        self.mlp = _mlp([DENSE_DIM, *config.dense_hidden, config.embedding_dim], True)
+        self.mlp = MLP([DENSE_DIM, *config.dense_hidden, config.embedding_dim], True)
 
     def forward(self, dense: Tensor) -> Tensor:
         return self.mlp(dense)
@@ -84,7 +129,12 @@ class InteractionArch(nn.Module):
         return embedding_dim + n * (n - 1) // 2
 
     def forward(self, dense: Tensor, sparse: Tensor) -> Tensor:
-        stacked = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, F+1, D)
+        return self.interact(torch.cat([dense.unsqueeze(1), sparse], dim=1), dense)
+
+    def interact(self, stacked: Tensor, dense: Tensor) -> Tensor:
+        """:meth:`forward` of the vectors already stacked: ``stacked`` (B, F+1, D) holds
+        ``dense`` first, then the sparse ones (one copy fewer than stacking the sparse vectors
+        and then adding the dense one)."""
         gram = torch.bmm(stacked, stacked.transpose(1, 2))  # (B, F+1, F+1)
         return torch.cat([dense, gram.flatten(1).index_select(1, self.pairs)], dim=1)
 
@@ -94,7 +144,7 @@ class OverArch(nn.Module):
 
     def __init__(self, in_dim: int, config: RankerConfig) -> None:
         super().__init__()
-        self.mlp = _mlp([in_dim, *config.over_hidden, 1], False)
+        self.mlp = MLP([in_dim, *config.over_hidden, 1], False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mlp(x).squeeze(-1)
@@ -125,11 +175,16 @@ class Ranker(nn.Module):
         self.over = OverArch(InteractionArch.output_dim(num_sparse, config.embedding_dim), config)
         self.position = PositionBias(config.features.max_position)
 
-    def relevance(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        """Relevance logits (B,), independent of display position: what serving ranks by."""
-        sparse = self.sparse(inputs)
+    def relevance(self, inputs: Mapping[str, Tensor], groups: Tensor | None = None) -> Tensor:
+        """Relevance logits (B,), independent of display position: what serving ranks by.
+
+        ``groups``: the search of each row, when the search-level inputs hold one row per
+        search (see the module docstring; ``SparseArch.embed``).
+        """
+        vectors = self.sparse.embed(inputs, groups)
         dense = self.dense(inputs["dense"])
-        return self.over(self.interaction(dense, sparse))
+        stacked = torch.stack([dense, *vectors], dim=1)
+        return self.over(self.interaction.interact(stacked, dense))
 
     def forward(self, inputs: Mapping[str, Tensor], use_position: bool = True) -> Tensor:
         """Click logits (B,); with ``use_position=False`` the relevance logits alone."""

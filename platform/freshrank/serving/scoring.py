@@ -1,9 +1,10 @@
 """Scoring requests with a loaded model, through the same encoder training uses.
 
 :func:`rank_requests` scores a batch of requests in one forward pass: the requests' candidates
-are encoded together by ``features.encode.encode_searches`` (byte for byte what ``encode`` gives
-for the requests' ``candidates_table()``s, the tables training encodes, without building them),
-scored once, and the scores are split back per request. :func:`rank_requests_json` gives each
+are encoded together by ``features.encode.encode_search_groups`` (byte for byte what ``encode``
+gives for the requests' ``candidates_table()``s, the tables training encodes, without building
+them, and with each search's own features once per search), scored once, and the scores are
+split back per request. :func:`rank_requests_json` gives each
 answer as the JSON body the endpoint sends (what ``RankResponse.model_dump_json()`` gives,
 without building the response model).
 
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from freshrank.features.encode import ID_FEATURES, SearchCandidates, encode_searches
+from freshrank.features.encode import ID_FEATURES, SearchCandidates, encode_search_groups
 from freshrank.registry.checkpoint import ServingModel
 from freshrank.serving.api import RankRequest, RankResponse
 from freshrank.serving.wire import encode_ranking, search_columns
@@ -47,10 +48,11 @@ def score_batch(served: ServingModel, requests: Sequence[Search]) -> list[np.nda
     if not requests:
         return []
     searches = [columns(r) for r in requests]
-    inputs = encode_searches(searches, served.model.config.features)
+    inputs, groups = encode_search_groups(searches, served.model.config.features)
     with torch.inference_mode():
         tensors = {k: torch.from_numpy(inputs[k]) for k in _RELEVANCE_KEYS}
-        logits = served.model(tensors, use_position=False)
+        # The search-level features embedded once per search: bit for bit the per-row scores.
+        logits = served.model.relevance(tensors, torch.from_numpy(groups))
     scores = logits.numpy().astype(np.float64)
     if len(searches) == 1:
         return [scores]
