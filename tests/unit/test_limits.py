@@ -121,3 +121,41 @@ def test_limit_fits_the_largest_valid_request():
     from freshrank.serving.limits import DEFAULT_MAX_BODY_BYTES
 
     assert len(json.dumps(big)) < DEFAULT_MAX_BODY_BYTES
+
+
+def test_ranking_response_sends_what_a_starlette_response_sends():
+    from fastapi import Response
+
+    from freshrank.serving.app import RankingResponse
+
+    body = b'{"model_version":3,"ranked":[]}'
+    fast = RankingResponse(body, 3, "replica-1", 0.0123)
+    slow = Response(
+        content=body,
+        media_type="application/json",
+        headers={
+            "X-Model-Version": "3",
+            "X-Replica": "replica-1",
+            "Server-Timing": "rank;dur=12.30",
+        },
+    )
+    assert (fast.status_code, fast.body, fast.raw_headers) == (
+        slow.status_code,
+        slow.body,
+        slow.raw_headers,
+    )
+    assert fast.headers["content-length"] == str(len(body))
+
+
+def test_fastapi_native_telemetry_is_off_unless_asked_for():
+    import inspect
+
+    from fastapi import FastAPI
+
+    if "telemetry" not in inspect.signature(FastAPI).parameters:
+        pytest.skip("this FastAPI has no native telemetry to turn off")
+    off, on = _create_app(), _create_app(telemetry=True)
+    # FastAPI keeps its resolved settings in _telemetry (no public accessor).
+    assert not any(off._telemetry[k] for k in ("tracing", "metrics", "logs"))
+    assert all(on._telemetry[k] for k in ("tracing", "metrics", "logs"))
+    assert not off._native_telemetry.enabled()

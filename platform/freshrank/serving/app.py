@@ -54,6 +54,9 @@ from freshrank.serving.api import ModelStatus, RankRequest, RankResponse
 from freshrank.serving.gctune import DEFAULT_GEN0_THRESHOLD
 from freshrank.serving.limits import DEFAULT_MAX_BODY_BYTES
 
+NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+"""FastAPI's ``telemetry`` setting that turns its native OpenTelemetry instrumentation off."""
+
 SEPARATE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
 """Ray Serve 2.60's switch (read when a replica process starts) between running user code in a
 separate thread with its own event loop (default, "1") and on the replica's main loop ("0")."""
@@ -124,6 +127,13 @@ class RankingAppConfig(BaseModel):
         "(serving.gctune: ~0.3 ms of replica CPU per request at 16 in flight); null leaves "
         "Python's collector settings alone",
     )
+    http_telemetry: bool = Field(
+        default=False,
+        description="FastAPI's own OpenTelemetry spans, metrics and logs of the app's HTTP "
+        "requests (FastAPI >= 0.16x, through the globally configured OpenTelemetry providers). "
+        "Off by default: freshrank reports to Prometheus, and with telemetry on FastAPI looks up "
+        "the providers on every request even when none is configured (~0.01 ms per request)",
+    )
     score_in_thread: bool = Field(
         default=False,
         description="Score batches in a worker thread so the replica's event loop keeps "
@@ -163,6 +173,26 @@ def _signature_once(func: Any) -> Any:
     return func
 
 
+class RankingResponse(Response):
+    """A ranking's 200 answer: the JSON body, ``X-Model-Version``, ``X-Replica`` and
+    ``Server-Timing`` (what ``Response(body, media_type="application/json", headers={...})``
+    sends, with the header list written out once instead of built from a dict)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, version: int, replica: str, elapsed_s: float) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"x-model-version", str(version).encode()),
+            (b"x-replica", replica.encode("latin-1")),
+            (b"server-timing", f"rank;dur={elapsed_s * 1000:.2f}".encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+
+
 def _replica_tag() -> str:
     try:
         from ray import serve
@@ -172,8 +202,9 @@ def _replica_tag() -> str:
         return "local"
 
 
-def _create_app(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
-    """The FastAPI app with its error handlers and body limit (made on demand, not at import)."""
+def _create_app(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, telemetry: bool = False) -> Any:
+    """The FastAPI app with its error handlers and body limit (made on demand, not at import);
+    ``telemetry``: keep FastAPI's native OpenTelemetry instrumentation (when it has one)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -181,7 +212,11 @@ def _create_app(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
     from freshrank.serving.fastpath import CountInFlight, InFlight, RankFastPath
     from freshrank.serving.limits import BodySizeLimit
 
+    options: dict[str, Any] = {}
+    if not telemetry and "telemetry" in inspect.signature(FastAPI).parameters:
+        options["telemetry"] = NO_TELEMETRY
     app = FastAPI(
+        **options,
         title="freshrank ranking",
         description=(
             "Ranks search candidates with the freshest validated model. Every ranking names "
@@ -244,7 +279,7 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
     from freshrank.serving.observe import ReplicaObserver
     from freshrank.serving.scoring import Search, responses_json, score_batch, warm_up
 
-    app = _create_app(config.max_body_bytes)
+    app = _create_app(config.max_body_bytes, config.http_telemetry)
     score_in_thread = config.score_in_thread
     # A request alone in its replica (the fast path counts them from their first byte) has
     # nothing to be batched with, and with no batch wait @serve.batch would take it alone: it
@@ -365,15 +400,7 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
                 )
             elapsed = time.perf_counter() - started
             self._metrics.observe("freshrank_request_latency_seconds", elapsed)
-            return Response(
-                content=result,
-                media_type="application/json",
-                headers={
-                    "X-Model-Version": str(version),
-                    "X-Replica": self._replica,
-                    "Server-Timing": f"rank;dur={elapsed * 1000:.2f}",
-                },
-            )
+            return RankingResponse(result, version, self._replica, elapsed)
 
         @app.post("/rank", response_model=RankResponse, responses=_RANK_RESPONSES)
         async def rank(self, request: RankRequest) -> Response:
