@@ -326,7 +326,7 @@ def _cpu_ms(fn, repeats: int, per: int = 1) -> float:
 
 def in_process(reg: Registry, body: dict, repeats: int = 100) -> InProcess:
     """What a replica spends on one request, by stage (see :class:`InProcess`)."""
-    from freshrank.features.encode import encode_searches
+    from freshrank.features.encode import encode_search_groups
     from freshrank.model.device import to_tensors
 
     torch.set_num_threads(1)
@@ -334,17 +334,19 @@ def in_process(reg: Registry, body: dict, repeats: int = 100) -> InProcess:
     raw = json.dumps(body).encode()
     req = decode_search(raw)  # what the replica's fast path decodes a body into
     features = served.model.config.features
-    inputs = encode_searches([req], features)
+    # what score_batch encodes and scores: the search's own features once
+    inputs, groups = encode_search_groups([req], features)
     tensors = to_tensors(inputs, torch.device("cpu"))
+    group_tensor = torch.from_numpy(groups)
     scores = score_batch(served, [req])
 
     def forward() -> None:
         with torch.inference_mode():
-            served.model(tensors, use_position=False)
+            served.model.relevance(tensors, group_tensor)
 
     stages = {
         "parse + validate": _cpu_ms(lambda: decode_search(raw), repeats),
-        "encode": _cpu_ms(lambda: encode_searches([req], features), repeats),
+        "encode": _cpu_ms(lambda: encode_search_groups([req], features), repeats),
         "forward pass": _cpu_ms(forward, repeats),
         "response JSON": _cpu_ms(lambda: responses_json(served, [req], scores), repeats),
     }
