@@ -767,7 +767,12 @@ def run_child(cmd: list[str]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per run")
-    p.add_argument("--levels", default="1,2,4,8,16", help="closed-loop concurrency levels")
+    p.add_argument(
+        "--levels",
+        default="1,2,4,8,16,32,64",
+        help="closed-loop concurrency levels (high enough that our throughput stops rising: "
+        "at c=32 it still rose while the floor's had been flat since c=8)",
+    )
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument(
@@ -780,8 +785,9 @@ def main() -> None:
     p.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="sweep the closed-loop levels this many times, interleaved; report the median",
+        default=3,
+        help="sweep the closed-loop levels this many times, interleaved; report the median "
+        "(the machine's throughput drifts within a run: one sweep is not enough to judge 0.8)",
     )
     p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
