@@ -179,7 +179,7 @@ def simulator_config(args: argparse.Namespace) -> BacktestConfig:
         ),
         model=RankerConfig(),  # the production default
         batch_size=512,
-        learning_rate=3e-3,  # the trainer's defaults
+        learning_rate=0.02,  # the trainer's default (TrainConfig.learning_rate)
         forgetting_requests=300,
         output_dir=str(OUT / ("backtest-simulator" + ("-quick" if args.quick else ""))),
     )
@@ -321,7 +321,7 @@ def run_simulator(args: argparse.Namespace) -> str:
         f"wall {wall / 60:.1f} min on {_machine()}). Report and plots: "
         f"`bench/out/{Path(config.resolved_output_dir()).name}/`.",
         "",
-        "Model: the production defaults (RankerConfig(), batch 512, Adam lr 3e-3). A window is "
+        "Model: the production defaults (RankerConfig(), batch 512, Adam lr 0.02). A window is "
         "one period; prequential AUC is scored before training on it. Recovery windows = "
         "post-shift windows trained on before the AUC is back within 0.01 of the mean of the "
         "two windows before the shift.",

@@ -40,7 +40,12 @@ class TrainConfig:
     use_gpu: bool = False
     batch_size: int = 512
     """New rows per worker per step; replay rows come on top (``replay_ratio`` of them)."""
-    learning_rate: float = 3e-3
+    learning_rate: float = 0.02
+    """Adam's step size. 0.02 is what the DIGINETICA backtests were tuned at (0.01-0.04 tried);
+    at the earlier 3e-3 a model trained from scratch on the simulator spent its first 7 windows
+    of ~4,000 events scoring worse than its first version (AUC 0.55 against 0.62), and the
+    promotion gate held every shard of those windows back (freshness p99 17 s); at 0.02 one
+    window is rejected and the model is better sooner (AUC 0.74 after 5 windows instead of 14)."""
     strategy: str = "replay"
     """Continual-learning strategy: finetune, replay, replay-balanced, exemplar-replay, ewc,
     ewc-separate, lwf, dark-replay, anchor, pair-distill, or parts joined with '+' (e.g.
