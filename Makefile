@@ -37,6 +37,7 @@ bench: venv
 	$(PY) bench/bench_serving.py
 	$(PY) bench/bench_swap.py
 	$(PY) bench/bench_drift.py
+	$(PY) bench/bench_coldstart.py
 
 clean:
 	rm -rf .freshrank .pytest_cache
