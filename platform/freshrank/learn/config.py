@@ -44,8 +44,9 @@ class TrainConfig:
     """Adam's step size. 0.02 is what the DIGINETICA backtests were tuned at (0.01-0.04 tried);
     at the earlier 3e-3 a model trained from scratch on the simulator spent its first 7 windows
     of ~4,000 events scoring worse than its first version (AUC 0.55 against 0.62), and the
-    promotion gate held every shard of those windows back (freshness p99 17 s); at 0.02 one
-    window is rejected and the model is better sooner (AUC 0.74 after 5 windows instead of 14)."""
+    promotion gate held every shard of those windows back (freshness p99 17 s); at 0.02 no two
+    versions in a row are rejected and the model is better sooner (AUC 0.74 after 5 windows
+    instead of 14; ``bench/bench_coldstart.py``)."""
     strategy: str = "replay"
     """Continual-learning strategy: finetune, replay, replay-balanced, exemplar-replay, ewc,
     ewc-separate, lwf, dark-replay, anchor, pair-distill, or parts joined with '+' (e.g.
