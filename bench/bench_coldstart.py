@@ -74,11 +74,11 @@ def run(rate: float, windows: list[dict[str, np.ndarray]], strategy: str, seed: 
     auc: list[float] = []
     for rows, fresh in zip(windows[:-1], windows[1:], strict=True):
         train_window(model, optimizer, rows, learner, batch_size=1024, rng=rng, device=cpu)
-        new = {**metrics_from_logits(fresh["label"], score_rows(model, fresh, cpu))}
+        new = metrics_from_logits(fresh["label"], score_rows(model, fresh, cpu))
         new["rows"] = len(fresh["label"])
         old = None
         if champion is not None:
-            old = {**metrics_from_logits(fresh["label"], score_rows(champion, fresh, cpu))}
+            old = metrics_from_logits(fresh["label"], score_rows(champion, fresh, cpu))
             old["rows"] = len(fresh["label"])
         decision = evaluate_gate(new, old, gate)
         if decision.promote:
