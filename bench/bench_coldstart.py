@@ -30,7 +30,7 @@ from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import build_strategy
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
-from freshrank.registry.gate import GateConfig, evaluate_gate, metrics_from_logits
+from freshrank.registry.promotion import GateConfig, evaluate_gate, metrics_from_logits
 
 BASELINE_RATE = 3e-3
 """``TrainConfig.learning_rate`` before session 5."""

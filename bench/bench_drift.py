@@ -40,12 +40,12 @@ import torch.nn.functional as F
 
 from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.features.encode import FeatureConfig, concat_inputs, encode, num_rows, slice_inputs
-from freshrank.learn.evaluation import roc_auc
+from freshrank.evaluation.classification import roc_auc
 from freshrank.learn.replay import ReservoirBuffer
 from freshrank.model.config import RankerConfig
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
-from freshrank.monitor.drift import (
+from freshrank.drift.monitor import (
     DriftMonitor,
     DriftReport,
     DriftThresholds,
@@ -332,7 +332,7 @@ def _state_kib(monitor: DriftMonitor) -> float:
 
 
 def _npz_kib(monitor: DriftMonitor) -> float:
-    from freshrank.monitor.drift import state_npz_bytes
+    from freshrank.drift.monitor import state_npz_bytes
 
     return len(state_npz_bytes(monitor.state_dict())) / 1024
 

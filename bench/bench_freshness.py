@@ -41,7 +41,7 @@ from freshrank.events.simulator import SimulatorConfig
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import run_training
 from freshrank.registry import Registry
-from freshrank.serving.loadgen import LoadConfig, LoadGenerator
+from loadgen import LoadConfig, LoadGenerator
 
 BODY = {
     "user_id": "u1",
@@ -94,7 +94,7 @@ def run_arm(
     stage breakdown and the number of versions."""
     from ray import serve
 
-    from freshrank.runtime import free_port
+    from freshrank.ops.runtime import free_port
     from freshrank.serving.app import RankingAppConfig, build_ranking_app
 
     landing, registry_dir = workdir / name / "landing", workdir / name / "registry"
@@ -191,7 +191,7 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
 
-    from freshrank.runtime import init_ray
+    from freshrank.ops.runtime import init_ray
 
     init_ray(num_cpus=8, dashboard_port=None)
     work = Path(tempfile.mkdtemp(prefix="bench-freshness-"))

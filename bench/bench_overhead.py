@@ -25,7 +25,7 @@ from freshrank.events.produce import ProducerConfig, run_producer
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import run_training
 from freshrank.registry.store import Registry
-from freshrank.runtime import init_ray
+from freshrank.ops.runtime import init_ray
 
 
 def _land(path: Path, shards: int, shard_events: int) -> None:

@@ -16,7 +16,7 @@ Four servers on this machine, measured in the same run, one after the other at e
   answers with ``freshrank.serving.scoring.rank_requests_json`` (same model, same encoder and
   response writer as our replicas; FastAPI's own body parsing).
 
-Serve's ingress (``freshrank.runtime.init_ray(serve_ingress=...)``) is chosen when Ray starts, so
+Serve's ingress (``freshrank.ops.runtime.init_ray(serve_ingress=...)``) is chosen when Ray starts, so
 each ``--ingress`` mode runs in a child process of its own (this file with ``--child MODE``) on
 its own Ray; the child writes its runs as JSON and this process prints the tables of every mode,
 each with its goals judged against the floor of the same mode. In ``haproxy`` mode the child
@@ -51,7 +51,7 @@ from freshrank.model.ranker import Ranker
 from freshrank.registry import Registry, load_serving_model, save_checkpoint
 from freshrank.serving.api import RankRequest
 from freshrank.serving.gctune import tune_gc
-from freshrank.serving.loadgen import LatencySummary, LoadConfig, LoadGenerator, summarise
+from loadgen import LatencySummary, LoadConfig, LoadGenerator, summarise
 from freshrank.serving.scoring import (
     rank_requests_json,
     responses_json,
@@ -62,7 +62,7 @@ from freshrank.serving.wire import decode_search
 
 SERVERS = ("ranking", "noop", "noop_body", "plain")
 MODES = ("proxy", "haproxy")
-"""Serve ingress modes (``freshrank.runtime.ServeIngress``)."""
+"""Serve ingress modes (``freshrank.ops.runtime.ServeIngress``)."""
 HAPROXY_DRAIN_S = "0.5"
 """Direct-ingress drain at shutdown in the haproxy child (Ray's default: 30 s per replica)."""
 RAY_WORKER_NICENESS = 15
@@ -423,7 +423,7 @@ def run_mode(
     """Start a Ray with Serve's ``mode`` ingress, measure the four servers, return the runs."""
     from ray import serve
 
-    from freshrank.runtime import free_port, init_ray
+    from freshrank.ops.runtime import free_port, init_ray
     from freshrank.serving.app import RankingAppConfig, build_ranking_app, replica_actor_options
 
     if mode == "haproxy":

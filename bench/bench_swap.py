@@ -29,7 +29,7 @@ import torch
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 from freshrank.registry import Registry, save_checkpoint
-from freshrank.serving.loadgen import LoadConfig, LoadGenerator, summarise
+from loadgen import LoadConfig, LoadGenerator, summarise
 
 
 def publish(reg: Registry, seed: int) -> int:
@@ -68,7 +68,7 @@ def main() -> None:
 
     from ray import serve
 
-    from freshrank.runtime import free_port, init_ray
+    from freshrank.ops.runtime import free_port, init_ray
     from freshrank.serving.app import RankingAppConfig, build_ranking_app
 
     load_before = os.getloadavg()

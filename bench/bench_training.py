@@ -32,7 +32,7 @@ from freshrank.learn.train import run_training
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
 from freshrank.registry.store import Registry
-from freshrank.runtime import init_ray
+from freshrank.ops.runtime import init_ray
 
 
 def baseline(landing: Path, config: TrainConfig) -> tuple[int, float, float]:

@@ -10,7 +10,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the demo's options and run it."""
-    from freshrank.cli import main as cli_main
+    from freshrank.apps.cli import main as cli_main
 
     return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 

@@ -15,7 +15,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the producer's options and run it."""
-    from freshrank.cli import main as cli_main
+    from freshrank.apps.cli import main as cli_main
 
     return cli_main(["simulate", *(sys.argv[1:] if argv is None else argv)])
 

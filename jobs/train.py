@@ -15,7 +15,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the trainer's options and run it on the connected (or a new local) Ray."""
-    from freshrank.cli import main as cli_main
+    from freshrank.apps.cli import main as cli_main
 
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 

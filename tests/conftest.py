@@ -1,7 +1,7 @@
 """One local Ray for the whole test session (integration and end-to-end tests share it).
 
 Use the session-scoped ``ray_local`` fixture; never call ``ray.init`` in a test. It starts Ray
-through ``freshrank.runtime.init_ray`` (the same code the demo and jobs use): every port on
+through ``freshrank.ops.runtime.init_ray`` (the same code the demo and jobs use): every port on
 127.0.0.1, application metrics reported every second, Ray Data's V1 parquet datasource.
 Unit tests never touch it, so they run without Ray.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from freshrank.runtime import RayInfo, init_ray
+from freshrank.ops.runtime import RayInfo, init_ray
 
 METRICS_REPORT_INTERVAL_MS = 1000
 """How often Ray processes export application metrics during the test session."""

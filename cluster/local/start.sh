@@ -66,19 +66,19 @@ fi
 if [ "$NODE_IP" = "127.0.0.1" ]; then
     # Single-node mode: the node IP is 127.0.0.1, so GCS, raylet, agents and the metrics port
     # listen on loopback (otherwise Linux takes the default-route address and the metrics port
-    # binds 0.0.0.0 whatever --dashboard-host says; see freshrank/runtime.py).
+    # binds 0.0.0.0 whatever --dashboard-host says; see freshrank/ops/runtime.py).
     export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 fi
 export RAY_metrics_report_interval_ms=${FRESHRANK_METRICS_INTERVAL_MS:-5000}
 export RAY_DATA_USE_DATASOURCE_V2=0
 
 # Serve's ingress: Ray reads it from the environment of the processes this head starts. The
-# variables come from freshrank.runtime.serve_ingress_env, the function init_ray uses.
+# variables come from freshrank.ops.runtime.serve_ingress_env, the function init_ray uses.
 SERVE_INGRESS=${FRESHRANK_SERVE_INGRESS:-proxy}
 # shellcheck disable=SC2016
 ingress_env=$("$VENV/bin/python" -c '
 import shlex, sys
-from freshrank.runtime import serve_ingress_env
+from freshrank.ops.runtime import serve_ingress_env
 mode, *ports = sys.argv[1:]
 env = serve_ingress_env(mode, *(int(p) if p else None for p in ports))
 print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))

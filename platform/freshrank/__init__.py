@@ -2,7 +2,8 @@
 
 The public surface lives in the subpackages: ``freshrank.events``, ``freshrank.features``,
 ``freshrank.model``, ``freshrank.learn``, ``freshrank.registry``, ``freshrank.serving``,
-``freshrank.monitor``. The most used names are re-exported here, imported on first use: a
+``freshrank.drift``, ``freshrank.evaluation``, ``freshrank.core`` (storage and telemetry),
+``freshrank.ops``. The most used names are re-exported here, imported on first use: a
 process that only needs ``freshrank.events`` (a Ray Data read task, the producer) does not pay
 for importing torch and Ray Train.
 

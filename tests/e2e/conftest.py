@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from freshrank.runtime import free_port
+from freshrank.ops.runtime import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 PROM_DIR = Path(__file__).resolve().parents[2] / "cluster" / "prometheus"

@@ -4,9 +4,9 @@ a real Prometheus scraping Ray's metrics endpoint serves the loop's freshrank_ s
 
 import pytest
 
-from freshrank.demo import DemoConfig, run_demo
+from freshrank.apps.demo import DemoConfig, run_demo
 from freshrank.registry import Registry
-from freshrank.runtime import free_port
+from freshrank.ops.runtime import free_port
 
 pytestmark = pytest.mark.e2e
 

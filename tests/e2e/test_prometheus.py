@@ -1,5 +1,5 @@
 """A real Prometheus (Debian's ``prometheus``) scrapes the session's Ray while an actor does the
-trainer's per-window monitoring (real drift sketches and monitor, ``Metrics.for_ray()``); its
+trainer's per-window monitoring (real drift sketches and monitor, ``Telemetry.for_ray()``); its
 HTTP API then serves the ``freshrank_`` series under their catalogue names (the shipped relabel
 rule strips Ray's ``ray_`` prefix), with exact values, and evaluates the shipped alert rules.
 
@@ -32,10 +32,10 @@ class TrainerStandIn:
     def run(self, windows: int, shift_at: int) -> dict[str, Any]:
         from freshrank.events.simulator import Simulator, SimulatorConfig
         from freshrank.features.encode import FeatureConfig, encode, num_rows
-        from freshrank.monitor import UPDATE_STAGES, Metrics
-        from freshrank.monitor.drift import DriftMonitor
+        from freshrank.core import UPDATE_STAGES, Telemetry
+        from freshrank.drift.monitor import DriftMonitor
 
-        metrics = Metrics.for_ray()
+        metrics = Telemetry.for_ray()
         sim = Simulator(SimulatorConfig(seed=5, n_users=300))
         monitor = DriftMonitor(metrics=metrics)
         report = None

@@ -1,4 +1,4 @@
-"""Metrics recorded through `Metrics.for_ray()` reach the node's Prometheus endpoint, exactly.
+"""Series recorded through `Telemetry.for_ray()` reach the node's Prometheus endpoint, exactly.
 
 Values are recorded in an actor (as the trainer and Serve replicas do) and in the driver, then
 the endpoint is polled until they show up. Ray adds a ``WorkerId`` label per process, and other
@@ -20,7 +20,7 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from freshrank.monitor import Metrics, MetricsBackend, default_metrics, metric_spec
+from freshrank.core import Telemetry, TelemetryBackend, default_telemetry, metric_spec
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ class Emitter:
     """Stands in for a trainer worker or a Serve replica."""
 
     def __init__(self) -> None:
-        self.metrics = Metrics.for_ray()
+        self.metrics = Telemetry.for_ray()
 
     def worker_id(self) -> str:
         return ray.get_runtime_context().get_worker_id()
@@ -111,9 +111,9 @@ def test_metrics_from_actor_and_driver_reach_prometheus(ray_local):
 
     emitter = Emitter.remote()
     actor_worker = ray.get(emitter.worker_id.remote())
-    assert ray.get(emitter.backend.remote()) == MetricsBackend.RAY.value
-    driver = default_metrics()
-    assert driver is Metrics.for_ray()
+    assert ray.get(emitter.backend.remote()) == TelemetryBackend.RAY.value
+    driver = default_telemetry()
+    assert driver is Telemetry.for_ray()
     driver_worker = ray.get_runtime_context().get_worker_id()
 
     started = time.monotonic()

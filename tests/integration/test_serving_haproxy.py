@@ -41,7 +41,7 @@ import json, os, sys
 # before it goes: nothing to drain here.
 os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "0.2"
 os.environ.pop("RAY_ADDRESS", None)
-from freshrank.runtime import free_port, init_ray
+from freshrank.ops.runtime import free_port, init_ray
 
 registry, max_body = sys.argv[1], int(sys.argv[2])
 init_ray(num_cpus=4, dashboard_port=None, serve_ingress="haproxy")

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from freshrank.features.encode import FeatureConfig, candidates_table, encode
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
-from freshrank.monitor.metrics import Metrics
+from freshrank.core.telemetry import Telemetry
 from freshrank.registry import (
     Direction,
     GateConfig,
@@ -27,9 +27,9 @@ from freshrank.registry import (
     atomic_write_bytes,
     save_checkpoint,
 )
-from freshrank.runtime import free_port
+from freshrank.ops.runtime import free_port
 from freshrank.serving.app import RankingAppConfig, build_ranking_app
-from freshrank.serving.loadgen import LoadConfig, LoadGenerator
+from loadgen import LoadConfig, LoadGenerator
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def served(ray_local, tmp_path_factory):
 def test_swaps_rollback_and_corruption_under_load(served):
     reg, url = served
     prom = CollectorRegistry()
-    promoter = Promoter(reg, GATE, metrics=Metrics.for_prometheus_client(prom))
+    promoter = Promoter(reg, GATE, metrics=Telemetry.for_prometheus_client(prom))
     rows = _fresh_rows()
     load = LoadGenerator(
         LoadConfig(url=url, body=BODY, concurrency=3, max_seconds=240, max_requests=50_000)

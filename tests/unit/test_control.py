@@ -1,6 +1,6 @@
 import pytest
 
-from freshrank.learn.control import FencedOut, TrainerControl
+from freshrank.registry.control import FencedOut, TrainerControl
 
 
 def test_newer_claim_fences_the_older_trainer(tmp_path):

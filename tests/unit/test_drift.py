@@ -21,8 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from freshrank.monitor import Metrics
-from freshrank.monitor.drift import (
+from freshrank.core import Telemetry
+from freshrank.drift.monitor import (
     DriftMonitor,
     DriftReport,
     DriftSource,
@@ -36,7 +36,7 @@ from freshrank.monitor.drift import (
     profile_from_npz_bytes,
     profile_npz_bytes,
 )
-from freshrank.monitor.sketches import (
+from freshrank.drift.sketches import (
     BloomFilter,
     ConditionalCounts,
     HashedCounts,
@@ -637,7 +637,7 @@ def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
 
 def test_trainer_monitor_exports_every_judged_statistic_and_counts_alarms():
     registry = CollectorRegistry()
-    monitor = DriftMonitor(REFERENCE, Metrics.for_prometheus_client(registry), LOOSE)
+    monitor = DriftMonitor(REFERENCE, Telemetry.for_prometheus_client(registry), LOOSE)
     rows = encoded_rows(95) | {"category": np.full(400, 3)}  # one category only: JS alarms
     report = monitor.check(monitor.sketch(rows, scores=np.zeros(400)))
     samples = scrape(registry)
@@ -669,7 +669,7 @@ def test_trainer_monitor_exports_every_judged_statistic_and_counts_alarms():
 def test_serving_monitor_exports_only_score_drift():
     registry = CollectorRegistry()
     monitor = DriftMonitor(
-        REFERENCE, Metrics.for_prometheus_client(registry), LOOSE, source=DriftSource.SERVING
+        REFERENCE, Telemetry.for_prometheus_client(registry), LOOSE, source=DriftSource.SERVING
     )
     window = monitor.empty_sketch()
     assert not window.track_ids
@@ -694,7 +694,7 @@ def test_monitor_absorb_moves_the_reference_on():
 def test_serving_checks_a_score_histogram_cheaply():
     registry = CollectorRegistry()
     monitor = DriftMonitor(
-        REFERENCE, Metrics.for_prometheus_client(registry), LOOSE, source=DriftSource.SERVING
+        REFERENCE, Telemetry.for_prometheus_client(registry), LOOSE, source=DriftSource.SERVING
     )
     hist = monitor.score_histogram()
     entry = monitor.check_scores(hist)

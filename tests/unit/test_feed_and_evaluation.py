@@ -4,7 +4,7 @@ import numpy as np
 
 from freshrank.events.landing import LandingZone
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.learn.evaluation import log_loss, roc_auc
+from freshrank.evaluation.classification import log_loss, roc_auc
 from freshrank.learn.feed import ShardFeed
 
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from freshrank.features.encode import FeatureConfig, candidates_table, encode
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
-from freshrank.monitor.metrics import Metrics
+from freshrank.core.telemetry import Telemetry
 from freshrank.registry import (
     Direction,
     GateConfig,
@@ -132,7 +132,7 @@ def setup(tmp_path):
     prom = CollectorRegistry()
     good, other = _model(1), _model(2)
     v_good, v_other = _publish(reg, good), _publish(reg, other)
-    promoter = Promoter(reg, GATE, metrics=Metrics.for_prometheus_client(prom))
+    promoter = Promoter(reg, GATE, metrics=Telemetry.for_prometheus_client(prom))
 
     def count(outcome):
         return prom.get_sample_value("freshrank_promotions_total", {"outcome": outcome}) or 0.0
@@ -226,7 +226,7 @@ def test_champion_moved_meanwhile_is_not_overwritten(setup):
             reg.set_champion(v_third)
         return load_serving_model(reg, v)
 
-    promoter = Promoter(reg, GATE, loader=loader, metrics=Metrics.for_prometheus_client(prom))
+    promoter = Promoter(reg, GATE, loader=loader, metrics=Telemetry.for_prometheus_client(prom))
     result = promoter.consider(v_good, rows)
     assert result.outcome is PromotionOutcome.ERROR and "ChampionChanged" in result.reasons[-1]
     assert reg.champion_version() == v_third

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freshrank.monitor import CATALOGUE, MetricKind
+from freshrank.core import CATALOGUE, MetricKind
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "cluster" / "grafana" / "freshrank.json"
 _METRIC_TOKEN = re.compile(r"\b(?:ray_)?freshrank_[a-z0-9_]+")

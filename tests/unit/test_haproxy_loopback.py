@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrank import runtime
+from freshrank.ops import runtime
 from freshrank.serving import haproxy_loopback
 from freshrank.serving.haproxy_loopback import config_path, rewrite_config
 

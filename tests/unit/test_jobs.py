@@ -20,8 +20,8 @@ from typing import Literal
 import pytest
 import yaml
 
-from freshrank import cli
-from freshrank.cli import attribute_docs, build_parser
+from freshrank.apps import cli
+from freshrank.apps.cli import attribute_docs, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +83,7 @@ def test_literal_fields_become_flags_with_choices():
 
 
 def test_demo_takes_the_serve_ingress():
-    from freshrank.demo import DemoConfig
+    from freshrank.apps.demo import DemoConfig
 
     args = build_parser().parse_args(["demo", "--serve-ingress", "haproxy"])
     assert cli.dataclass_from_args(DemoConfig, args).serve_ingress == "haproxy"
@@ -135,20 +135,20 @@ def test_train_joins_the_cluster_named_by_ray_address(monkeypatch):
     import ray
 
     import freshrank.learn.train
-    import freshrank.runtime
+    import freshrank.ops.runtime
 
     seen = {}
 
     def fake_init_ray(address=None, **_):
         seen["address"] = address
-        return freshrank.runtime.RayInfo("gcs", "127.0.0.1", None, None, None, None, False)
+        return freshrank.ops.runtime.RayInfo("gcs", "127.0.0.1", None, None, None, None, False)
 
     def fake_run_training(config):
         seen["config"] = config
         return freshrank.learn.train.TrainSummary((), None, 0, (), 0.0)
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(freshrank.runtime, "init_ray", fake_init_ray)
+    monkeypatch.setattr(freshrank.ops.runtime, "init_ray", fake_init_ray)
     monkeypatch.setattr(freshrank.learn.train, "run_training", fake_run_training)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert cli.main(["train", "--landing", "l", "--registry", "r", "--num-workers", "3"]) == 0
@@ -184,7 +184,7 @@ def test_runtime_env_yaml_merges_with_init_ray():
     from ray.runtime_env import RuntimeEnv
     from ray.runtime_env.runtime_env import _merge_runtime_env
 
-    from freshrank.runtime import RAY_ENV
+    from freshrank.ops.runtime import RAY_ENV
 
     env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
     assert set(env) <= set(RuntimeEnv.known_fields)
@@ -232,7 +232,7 @@ def test_simulate_job_stops_cleanly_on_signal(tmp_path, sig):
 
 
 def test_simulate_metrics_port_is_optional_and_typed():
-    from freshrank.cli import build_parser
+    from freshrank.apps.cli import build_parser
 
     args = build_parser().parse_args(["simulate", "--landing-path", "/l"])
     assert args.metrics_port is None

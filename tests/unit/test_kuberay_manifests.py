@@ -272,7 +272,7 @@ def test_token_auth_and_nothing_exposed_outside_the_cluster(name):
 def test_rayjob_runs_the_trainer_one_rank_per_gpu():
     from ray.runtime_env import RuntimeEnv
 
-    from freshrank.cli import build_parser
+    from freshrank.apps.cli import build_parser
 
     doc = _load("rayjob.yaml")
     argv = shlex.split(doc["spec"]["entrypoint"])

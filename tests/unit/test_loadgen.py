@@ -5,7 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from freshrank.serving.loadgen import LoadConfig, LoadGenerator, summarise
+from loadgen import LoadConfig, LoadGenerator, summarise
 
 
 class _Handler(BaseHTTPRequestHandler):

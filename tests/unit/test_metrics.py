@@ -11,16 +11,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from freshrank.monitor import (
+from freshrank.core import (
     CATALOGUE,
     METRIC_PREFIX,
     REQUEST_STATUSES,
     MetricKind,
-    Metrics,
-    MetricsBackend,
+    Telemetry,
+    TelemetryBackend,
     MetricSpec,
-    NullMetrics,
-    default_metrics,
+    NullTelemetry,
+    default_telemetry,
     metric_spec,
     serve_prometheus_client,
 )
@@ -55,8 +55,8 @@ def scrape(registry: CollectorRegistry) -> dict[str, dict[tuple, float]]:
 
 
 @pytest.fixture
-def prom() -> Metrics:
-    return Metrics.for_prometheus_client(CollectorRegistry())
+def prom() -> Telemetry:
+    return Telemetry.for_prometheus_client(CollectorRegistry())
 
 
 # --- catalogue -------------------------------------------------------------------------------
@@ -95,9 +95,9 @@ def test_catalogue_kinds_follow_prometheus_conventions():
 def test_exported_name_per_backend():
     spec = metric_spec("freshrank_requests_total")
     assert spec.exported_name() == "ray_freshrank_requests_total"
-    assert spec.exported_name(MetricsBackend.RAY) == "ray_freshrank_requests_total"
-    assert spec.exported_name(MetricsBackend.PROMETHEUS_CLIENT) == "freshrank_requests_total"
-    prom = Metrics.for_prometheus_client(CollectorRegistry())
+    assert spec.exported_name(TelemetryBackend.RAY) == "ray_freshrank_requests_total"
+    assert spec.exported_name(TelemetryBackend.PROMETHEUS_CLIENT) == "freshrank_requests_total"
+    prom = Telemetry.for_prometheus_client(CollectorRegistry())
     assert prom.exported_name("freshrank_window_auc") == "freshrank_window_auc"
 
 
@@ -191,8 +191,8 @@ def test_prometheus_client_gauge_function_is_read_at_scrape(prom):
 
 def test_facades_on_one_registry_share_collectors():
     registry = CollectorRegistry()
-    first = Metrics.for_prometheus_client(registry)
-    second = Metrics.for_prometheus_client(registry)
+    first = Telemetry.for_prometheus_client(registry)
+    second = Telemetry.for_prometheus_client(registry)
     first.inc("freshrank_windows_trained_total")
     second.inc("freshrank_windows_trained_total")
     assert scrape(registry)["freshrank_windows_trained_total"] == {(): 2.0}
@@ -200,7 +200,7 @@ def test_facades_on_one_registry_share_collectors():
 
 def test_serve_prometheus_client_on_loopback():
     registry = CollectorRegistry()
-    metrics = Metrics.for_prometheus_client(registry)
+    metrics = Telemetry.for_prometheus_client(registry)
     metrics.inc("freshrank_events_landed_total", 42)
     server = serve_prometheus_client(0, registry=metrics.registry)
     try:
@@ -220,10 +220,10 @@ def test_serve_prometheus_client_on_loopback():
 
 
 @pytest.fixture(params=["prometheus_client", "null"])
-def any_metrics(request) -> Metrics:
+def any_metrics(request) -> Telemetry:
     if request.param == "null":
-        return NullMetrics()
-    return Metrics.for_prometheus_client(CollectorRegistry())
+        return NullTelemetry()
+    return Telemetry.for_prometheus_client(CollectorRegistry())
 
 
 def test_unknown_name_raises_key_error_listing_known_names(any_metrics):
@@ -268,8 +268,8 @@ def test_bad_tags_and_values_are_refused(any_metrics):
 
 
 def test_null_metrics_accepts_valid_calls():
-    metrics = NullMetrics()
-    assert metrics.backend is MetricsBackend.NULL
+    metrics = NullTelemetry()
+    assert metrics.backend is TelemetryBackend.NULL
     assert metrics.registry is None
     metrics.inc("freshrank_promotions_total", tags={"outcome": "promoted"})
     metrics.set("freshrank_trainer_model_version", 12)
@@ -279,11 +279,11 @@ def test_null_metrics_accepts_valid_calls():
 
 
 def test_default_metrics_without_ray_is_null(monkeypatch):
-    # Ray not imported at all: no import is triggered, the result is a NullMetrics.
+    # Ray not imported at all: no import is triggered, the result is a NullTelemetry.
     monkeypatch.delitem(sys.modules, "ray", raising=False)
-    assert isinstance(default_metrics(), NullMetrics)
+    assert isinstance(default_telemetry(), NullTelemetry)
     assert "ray" not in sys.modules
     # Ray imported but not initialised.
     fake_ray = types.SimpleNamespace(is_initialized=lambda: False)
     monkeypatch.setitem(sys.modules, "ray", fake_ray)
-    assert isinstance(default_metrics(), NullMetrics)
+    assert isinstance(default_telemetry(), NullTelemetry)

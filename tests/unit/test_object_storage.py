@@ -23,7 +23,7 @@ from freshrank.events import FILE_SCHEMA, LandingZone, Simulator, SimulatorConfi
 from freshrank.features.encode import FeatureConfig
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
-from freshrank.monitor.status import collect_status
+from freshrank.ops.status import collect_status
 from freshrank.registry import (
     ChampionChanged,
     CorruptVersion,
@@ -35,7 +35,7 @@ from freshrank.registry import (
     save_checkpoint,
 )
 from freshrank.registry.store import MANIFEST, MANIFEST_DIGEST
-from freshrank.storage import Storage, StorageOptions
+from freshrank.core.storage import Storage, StorageOptions
 
 _SMALL = SimulatorConfig(seed=3, n_users=50, n_items=100, n_categories=5, n_brands=7)
 CFG = RankerConfig(
@@ -371,7 +371,7 @@ def test_landing_zone_and_registry_share_a_bucket(bucket, options):
 
 
 def test_trainer_lease_and_stop_flag_on_s3(bucket, options):
-    from freshrank.learn.control import FencedOut, TrainerControl
+    from freshrank.registry.control import FencedOut, TrainerControl
 
     uri = f"s3://{bucket}/registry"
     first = TrainerControl(uri, options)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from freshrank.monitor import CATALOGUE
-from freshrank.monitor.metrics import catalogue_markdown
+from freshrank.core import CATALOGUE
+from freshrank.core.telemetry import catalogue_markdown
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 
@@ -20,7 +20,7 @@ def catalogue_section() -> str:
 def test_doc_table_is_the_generated_catalogue():
     assert catalogue_section() == catalogue_markdown(), (
         "docs/observability.md is out of date; paste the output of "
-        "python -c 'from freshrank.monitor.metrics import catalogue_markdown; "
+        "python -c 'from freshrank.core.telemetry import catalogue_markdown; "
         "print(catalogue_markdown())' between its catalogue markers"
     )
 

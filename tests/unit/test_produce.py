@@ -189,7 +189,7 @@ def test_config_says_what_is_wrong(tmp_path, kwargs, message):
 def test_landed_events_are_counted_in_the_metrics_facade(tmp_path):
     from prometheus_client import CollectorRegistry
 
-    from freshrank.monitor.metrics import Metrics
+    from freshrank.core.telemetry import Telemetry
 
     registry = CollectorRegistry()
     config = ProducerConfig(
@@ -200,7 +200,7 @@ def test_landed_events_are_counted_in_the_metrics_facade(tmp_path):
         simulator=_SIM,
         bad_shard_every=2,  # bad files are not events landed
     )
-    stats = run_producer(config, metrics=Metrics.for_prometheus_client(registry))
+    stats = run_producer(config, metrics=Telemetry.for_prometheus_client(registry))
     assert stats.bad_shards_written == 1
     landed = registry.get_sample_value("freshrank_events_landed_total")
     assert landed == stats.events_written == 600

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freshrank.monitor import CATALOGUE, MetricKind
-from freshrank.monitor.drift import DriftThresholds
+from freshrank.core import CATALOGUE, MetricKind
+from freshrank.drift.monitor import DriftThresholds
 
 PROM_DIR = Path(__file__).resolve().parents[2] / "cluster" / "prometheus"
 CONFIG = PROM_DIR / "prometheus.yml"

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from freshrank.learn.evaluation import roc_auc
-from freshrank.learn.ranking_metrics import (
+from freshrank.evaluation.classification import roc_auc
+from freshrank.evaluation.ranking import (
     gauc,
     mrr_at_k,
     ndcg_at_k,

@@ -149,7 +149,7 @@ def test_local_head_keeps_loopback_and_token_auth():
 def test_in_process_ray_binds_loopback():
     import inspect
 
-    from freshrank import runtime
+    from freshrank.ops import runtime
 
     source = inspect.getsource(runtime.init_ray)
     assert 'dashboard_host="127.0.0.1"' in source

@@ -1,5 +1,5 @@
 """Replica-side observability without Ray: a real registry directory, the replica's holder and
-observer, metrics recorded through a fake `Metrics` backend."""
+observer, metrics recorded through a fake `Telemetry` backend."""
 
 import logging
 import time
@@ -13,8 +13,8 @@ from freshrank.features.encode import FeatureConfig, encode
 from freshrank.model.config import RankerConfig
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
-from freshrank.monitor.drift import DriftMonitor, DriftSource, state_from_npz_bytes, state_npz_bytes
-from freshrank.monitor.metrics import Metrics, MetricsBackend
+from freshrank.drift.monitor import DriftMonitor, DriftSource, state_from_npz_bytes, state_npz_bytes
+from freshrank.core.telemetry import Telemetry, TelemetryBackend
 from freshrank.registry import Registry
 from freshrank.registry.checkpoint import DRIFT_FILE, load_serving_model, save_checkpoint
 from freshrank.serving.holder import ModelHolder
@@ -28,9 +28,9 @@ LANDED = {"7": 1000.0, "8": 1012.5}
 
 
 class Recorder:
-    """A `Metrics` backend that keeps every call: (verb, name, value, tags)."""
+    """A `Telemetry` backend that keeps every call: (verb, name, value, tags)."""
 
-    backend = MetricsBackend.NULL
+    backend = TelemetryBackend.NULL
     closed = False
 
     def __init__(self) -> None:
@@ -109,7 +109,7 @@ def world(tmp_path):
     recorder = Recorder()
     clock = Clock(time.time() - 3600)  # the replica started before every promotion below
     observer = ReplicaObserver(
-        reg, Metrics(recorder), "r1", psi_every_rows=3000, psi_every_s=30.0, clock=clock
+        reg, Telemetry(recorder), "r1", psi_every_rows=3000, psi_every_s=30.0, clock=clock
     )
     holder = ModelHolder(
         loader=lambda v: observer.prepare(load_serving_model(reg, v)),
@@ -189,7 +189,7 @@ def test_versions_promoted_before_the_replica_started_are_not_observed(tmp_path)
     v = _publish(reg, 1, None)
     reg.set_champion(v)
     rec = Recorder()
-    observer = ReplicaObserver(reg, Metrics(rec), "r2")  # real clock: started after the promotion
+    observer = ReplicaObserver(reg, Telemetry(rec), "r2")  # real clock: started after the promotion
     holder = ModelHolder(
         loader=lambda v: observer.prepare(load_serving_model(reg, v)),
         target=reg.serving_target,
@@ -307,9 +307,9 @@ def test_failed_load_is_counted(world):
 def test_bad_settings_are_refused(tmp_path):
     reg = Registry(tmp_path)
     with pytest.raises(ValueError, match="psi_every_rows"):
-        ReplicaObserver(reg, Metrics(Recorder()), "r", psi_every_rows=0)
+        ReplicaObserver(reg, Telemetry(Recorder()), "r", psi_every_rows=0)
     with pytest.raises(ValueError, match="psi_every_s"):
-        ReplicaObserver(reg, Metrics(Recorder()), "r", psi_every_s=0)
+        ReplicaObserver(reg, Telemetry(Recorder()), "r", psi_every_s=0)
 
 
 def test_a_failing_metrics_backend_never_stops_serving(world, caplog):

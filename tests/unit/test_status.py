@@ -10,11 +10,11 @@ from prometheus_client import CollectorRegistry
 
 from freshrank.events.landing import LandingZone
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.monitor import Metrics, serve_prometheus_client
-from freshrank.monitor.drift import DriftReport, FeatureDrift, Statistic
-from freshrank.monitor.status import collect_status, histogram_quantile, render_status
+from freshrank.core import Telemetry, serve_prometheus_client
+from freshrank.drift.monitor import DriftReport, FeatureDrift, Statistic
+from freshrank.ops.status import collect_status, histogram_quantile, render_status
 from freshrank.registry.store import Registry
-from freshrank.runtime import free_port
+from freshrank.ops.runtime import free_port
 
 
 def drift_report() -> DriftReport:
@@ -69,7 +69,7 @@ def line(tmp_path):
 @pytest.fixture
 def endpoint():
     registry = CollectorRegistry()
-    metrics = Metrics.for_prometheus_client(registry)
+    metrics = Telemetry.for_prometheus_client(registry)
     metrics.set("freshrank_served_model_version", 3, tags={"replica": "r1"})
     metrics.set("freshrank_served_model_version", 2, tags={"replica": "r2"})
     metrics.set("freshrank_freshness_seconds", 130.0, tags={"replica": "r1"})

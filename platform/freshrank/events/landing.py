@@ -1,6 +1,6 @@
 """The landing zone: sequence-numbered parquet event shards under a directory or prefix.
 
-A landing zone lives on any filesystem :mod:`freshrank.storage` resolves: a local path,
+A landing zone lives on any filesystem :mod:`freshrank.core.storage` resolves: a local path,
 ``file://``, ``s3://bucket/prefix`` (AWS or any S3-compatible store), ``gs://bucket/prefix``.
 Its layout under the root::
 
@@ -45,7 +45,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from freshrank.events.schema import conform, drop_invalid_rows, schema_problem
-from freshrank.storage import StorageBacked, StoredFile
+from freshrank.core.storage import StorageBacked, StoredFile
 
 SHARD_PATTERN: re.Pattern[str] = re.compile(r"^shard-(\d{12})\.parquet$")
 """File names of published shards; group 1 is the sequence number."""

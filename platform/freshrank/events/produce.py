@@ -38,7 +38,7 @@ from freshrank.events.schema import REQUIRED_FIELDS
 from freshrank.events.simulator import Simulator, SimulatorConfig
 
 if TYPE_CHECKING:
-    from freshrank.monitor.metrics import Metrics
+    from freshrank.core.telemetry import Telemetry
 
 
 class EventTime(enum.Enum):
@@ -141,7 +141,7 @@ def run_producer(
     config: ProducerConfig,
     stop: threading.Event | None = None,
     progress: Callable[[ProducerStats], None] | None = None,
-    metrics: Metrics | None = None,
+    metrics: Telemetry | None = None,
 ) -> ProducerStats:
     """Land shards as ``config`` says until a limit is reached or ``stop`` is set.
 
@@ -151,9 +151,9 @@ def run_producer(
     of ``metrics`` (default: Ray's metrics when Ray is initialised here, else none). Returns
     the final stats.
     """
-    from freshrank.monitor.metrics import default_metrics
+    from freshrank.core.telemetry import default_telemetry
 
-    metrics = metrics if metrics is not None else default_metrics()
+    metrics = metrics if metrics is not None else default_telemetry()
     if config.max_shards is None and config.duration_s is None and stop is None:
         raise ValueError(
             "run_producer would never end: set ProducerConfig.max_shards or duration_s, "

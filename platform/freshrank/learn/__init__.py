@@ -1,7 +1,6 @@
-"""Learning: the shard feed, replay buffers, evaluation and the incremental Ray trainer."""
+"""Learning: the shard feed, replay buffers, strategies and the incremental Ray trainer."""
 
 from freshrank.learn.config import TrainConfig
-from freshrank.learn.evaluation import log_loss, roc_auc
 from freshrank.learn.feed import ShardFeed, ShardPlan, Window
 from freshrank.learn.replay import ReservoirBuffer
 from freshrank.learn.train import TrainSummary, run_training
@@ -13,7 +12,5 @@ __all__ = [
     "TrainConfig",
     "TrainSummary",
     "Window",
-    "log_loss",
-    "roc_auc",
     "run_training",
 ]

@@ -57,8 +57,8 @@ from freshrank.features.encode import (
     num_rows,
     slice_inputs,
 )
-from freshrank.learn.evaluation import log_loss, roc_auc
-from freshrank.learn.ranking_metrics import hits_at_k, ranking_report
+from freshrank.evaluation.classification import log_loss, roc_auc
+from freshrank.evaluation.ranking import hits_at_k, ranking_report
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import (
     EWC,

@@ -31,19 +31,19 @@ import torch
 import torch.distributed as dist
 
 from freshrank.events.landing import LandingZone
-from freshrank.events.reading import read_shards
+from freshrank.features.reading import read_shards
 from freshrank.features.encode import FeatureConfig, num_rows
 from freshrank.learn.config import TrainConfig
-from freshrank.learn.control import FencedOut, TrainerControl
-from freshrank.learn.evaluation import log_loss, roc_auc
+from freshrank.registry.control import FencedOut, TrainerControl
+from freshrank.evaluation.classification import log_loss, roc_auc
 from freshrank.learn.feed import ShardFeed, ShardPlan, Window
-from freshrank.learn.ranking_metrics import ranking_report
+from freshrank.evaluation.ranking import ranking_report
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import Strategy, build_strategy, reshard_state
 from freshrank.model.device import backend_for, pick_device
 from freshrank.model.ranker import Ranker
-from freshrank.monitor.drift import DriftMonitor, WindowSketch, state_npz_bytes
-from freshrank.monitor.sketches import NumericHistogram
+from freshrank.drift.monitor import DriftMonitor, WindowSketch, state_npz_bytes
+from freshrank.drift.sketches import NumericHistogram
 from freshrank.registry.checkpoint import (
     DRIFT_FILE,
     TrainingState,
@@ -53,7 +53,7 @@ from freshrank.registry.checkpoint import (
     promote_if_finite,
     save_checkpoint,
 )
-from freshrank.registry.gate import GateConfig, Promoter, PromotionOutcome, metrics_from_logits
+from freshrank.registry.promotion import GateConfig, Promoter, PromotionOutcome, metrics_from_logits
 from freshrank.registry.store import CorruptVersion, Registry, VersionInfo
 
 
@@ -141,7 +141,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from freshrank.monitor.metrics import NullMetrics, default_metrics
+    from freshrank.core.telemetry import NullTelemetry, default_telemetry
 
     config: TrainConfig = loop_config["config"]
     _configure_ray_data()
@@ -171,7 +171,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         max_shards=config.max_shards_per_window,
         gap_timeout_s=config.gap_timeout_s,
     )
-    metrics = default_metrics() if rank == 0 else NullMetrics()
+    metrics = default_telemetry() if rank == 0 else NullTelemetry()
     drift = _drift_monitor(state, metrics) if config.drift else None
     progress = _Progress.from_state(state)
     control = TrainerControl(config.registry)

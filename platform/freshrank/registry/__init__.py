@@ -10,7 +10,7 @@ from freshrank.registry.checkpoint import (
     promote_if_finite,
     save_checkpoint,
 )
-from freshrank.registry.gate import (
+from freshrank.registry.promotion import (
     DEFAULT_TOLERANCES,
     Direction,
     GateConfig,

@@ -1,6 +1,6 @@
 """Versioned checkpoints with a manifest, checksums and a champion pointer.
 
-A registry lives on any filesystem :mod:`freshrank.storage` resolves: a local path, ``file://``,
+A registry lives on any filesystem :mod:`freshrank.core.storage` resolves: a local path, ``file://``,
 ``s3://bucket/prefix`` (AWS or any S3-compatible store), ``gs://bucket/prefix``. Layout under
 its root::
 
@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from freshrank.storage import StorageBacked, StorageOptions, write_local_atomic
+from freshrank.core.storage import StorageBacked, StorageOptions, write_local_atomic
 
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.json.sha256"
@@ -126,7 +126,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to the local file ``path`` so that readers see the old file or the new
-    one, never half (:func:`freshrank.storage.write_local_atomic`)."""
+    one, never half (:func:`freshrank.core.storage.write_local_atomic`)."""
     write_local_atomic(path, data)
 
 

@@ -271,7 +271,7 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
     from ray.serve.config import BackpressureConfig
     from ray.serve.schema import LoggingConfig
 
-    from freshrank.monitor.metrics import default_metrics
+    from freshrank.core.telemetry import default_telemetry
     from freshrank.registry.checkpoint import load_serving_model
     from freshrank.registry.store import Registry
     from freshrank.serving.gctune import tune_gc
@@ -308,7 +308,7 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
 
             torch.set_num_threads(1)
             self._registry = Registry(registry)
-            self._metrics = default_metrics()
+            self._metrics = default_telemetry()
             self._replica = _replica_tag()
             self._observer = ReplicaObserver(
                 self._registry, self._metrics, self._replica, **psi_every

@@ -6,7 +6,7 @@ Ray Serve 2.60's HAProxy mode (``RAY_SERVE_ENABLE_HA_PROXY=1``) generates a conf
 ``bind :9101``, hard-coded in ``ray/serve/_private/haproxy_templates.py``), whatever the Serve
 HTTP host says. Ray runs the executable named by ``RAY_SERVE_HAPROXY_BINARY_PATH`` as
 ``<it> -db -f <config> [-dR] [-sf <pids>] [-x <socket>]``; pointing that variable at this file
-(``freshrank.runtime.init_ray(serve_ingress="haproxy")`` and ``cluster/local/start.sh`` do)
+(``freshrank.ops.runtime.init_ray(serve_ingress="haproxy")`` and ``cluster/local/start.sh`` do)
 makes every spawn (first start and each reload):
 
 1. rewrite, in place and under the lock Ray writes it with, the wildcard ``bind`` lines of

@@ -3,7 +3,7 @@
 :class:`ReplicaObserver` is driven by the replica's :class:`~freshrank.serving.holder.ModelHolder`
 (``prepare`` inside the loader, ``swapped`` on a swap, ``load_failed``, ``tick`` on every poll)
 and by the request path (``scored`` once per scored batch). It needs no Ray: ``metrics`` is any
-`Metrics` facade, so the unit tests record through a fake one.
+`Telemetry` facade, so the unit tests record through a fake one.
 
 Exported (``monitor/metrics.py`` has the catalogue):
 
@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from freshrank.monitor.drift import DriftMonitor, DriftSource, FeatureDrift
-from freshrank.monitor.metrics import Metrics
-from freshrank.monitor.sketches import NumericHistogram
+from freshrank.drift.monitor import DriftMonitor, DriftSource, FeatureDrift
+from freshrank.core.telemetry import Telemetry
+from freshrank.drift.sketches import NumericHistogram
 from freshrank.registry.checkpoint import DRIFT_FILE, ServingModel
 from freshrank.registry.store import Registry
 from freshrank.serving.holder import Loaded
@@ -66,7 +66,7 @@ def champion_record(registry: Registry) -> dict[str, Any] | None:
 
 
 def load_drift_monitor(
-    registry: Registry, served: ServingModel, metrics: Metrics
+    registry: Registry, served: ServingModel, metrics: Telemetry
 ) -> DriftMonitor | None:
     """The serving drift monitor of a version (from its ``drift.npz``), or None without one.
 
@@ -104,7 +104,7 @@ class ReplicaObserver:
 
     Args:
         registry: the registry the replica serves from (champion record, ``drift.npz``).
-        metrics: where values go (`Metrics.for_ray()` in a replica).
+        metrics: where values go (`Telemetry.for_ray()` in a replica).
         replica: the ``replica`` tag value.
         psi_every_rows: judge the score drift after this many scored rows.
         psi_every_s: ... or after this many seconds, once the rows reach the monitor's
@@ -115,7 +115,7 @@ class ReplicaObserver:
     def __init__(
         self,
         registry: Registry,
-        metrics: Metrics,
+        metrics: Telemetry,
         replica: str,
         *,
         psi_every_rows: int = 5000,

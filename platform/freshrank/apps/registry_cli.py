@@ -131,7 +131,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
             print(f"v{args.version} is champion (manual, no gate)")
 
         return _guard(override)
-    from freshrank.registry.gate import Promoter, PromotionOutcome
+    from freshrank.registry.promotion import Promoter, PromotionOutcome
 
     def gated() -> int:
         rows = _fresh_rows(registry, args.version, args.fresh)

@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 
-from freshrank.storage import Storage, StorageOptions
+from freshrank.core.storage import Storage, StorageOptions
 
 
 class FencedOut(RuntimeError):

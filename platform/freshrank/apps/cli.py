@@ -132,7 +132,7 @@ def attribute_docs(cls: type) -> dict[str, str]:
     and PEP 257 call attribute docstrings). RST double backticks are dropped. Classes without
     source (built-ins, ``exec``) give ``{}``.
 
-    >>> from freshrank.runtime import RayInfo
+    >>> from freshrank.ops.runtime import RayInfo
     >>> attribute_docs(RayInfo)["metrics_report_interval_s"]
     'How often processes export metrics (None: as the joined cluster was configured).'
     """
@@ -161,7 +161,7 @@ def attribute_docs(cls: type) -> dict[str, str]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from freshrank.demo import DemoConfig, run_demo
+    from freshrank.apps.demo import DemoConfig, run_demo
 
     result = run_demo(dataclass_from_args(DemoConfig, args))
     return 0 if result.client.failed == 0 else 1
@@ -199,9 +199,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     metrics = None
     if args.metrics_port is not None:
-        from freshrank.monitor.metrics import Metrics, serve_prometheus_client
+        from freshrank.core.telemetry import Telemetry, serve_prometheus_client
 
-        metrics = Metrics.for_prometheus_client()
+        metrics = Telemetry.for_prometheus_client()
         server = serve_prometheus_client(args.metrics_port)
         _log("simulate", f"metrics at {server.url}")
     with stop_on_signals(lambda signum: stop.set(), "simulate", "stopping after this shard"):
@@ -217,7 +217,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from freshrank.learn.config import TrainConfig
     from freshrank.learn.train import run_training
-    from freshrank.runtime import init_ray
+    from freshrank.ops.runtime import init_ray
 
     config = dataclass_from_args(TrainConfig, args)
     address = args.address or os.environ.get("RAY_ADDRESS") or None
@@ -275,7 +275,7 @@ def stop_on_signals(
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from freshrank.monitor.status import collect_status, render_status
+    from freshrank.ops.status import collect_status, render_status
 
     print(render_status(collect_status(args.registry, args.landing, args.metrics_url)))
     return 0
@@ -283,7 +283,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``freshrank`` command."""
-    from freshrank.demo import DemoConfig
+    from freshrank.apps.demo import DemoConfig
     from freshrank.events.produce import ProducerConfig
     from freshrank.learn.config import TrainConfig
 
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(func=_cmd_status)
 
-    from freshrank.registry.cli import add_registry_commands
+    from freshrank.apps.registry_cli import add_registry_commands
 
     add_registry_commands(sub)
     return parser

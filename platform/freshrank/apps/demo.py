@@ -26,7 +26,7 @@ from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import TrainSummary, run_training
 from freshrank.registry.store import Registry
-from freshrank.runtime import (
+from freshrank.ops.runtime import (
     SERVE_INGRESS_MODES,
     ServeIngress,
     current_metrics_url,

@@ -42,7 +42,7 @@ ServeIngress = Literal["proxy", "haproxy"]
 
 SERVE_INGRESS_MODES: tuple[str, ...] = get_args(ServeIngress)
 
-HAPROXY_LOOPBACK = Path(__file__).resolve().parent / "serving" / "haproxy_loopback.py"
+HAPROXY_LOOPBACK = Path(__file__).resolve().parents[1] / "serving" / "haproxy_loopback.py"
 """The executable Ray runs as HAProxy in ``"haproxy"`` mode (stats and metrics on loopback)."""
 
 

@@ -1,7 +1,7 @@
 """The promotion gate: a challenger replaces the champion only if it is not worse on fresh rows.
 
 Both models are scored on the same fresh rows, rows neither has trained on (AUC and log loss
-through ``freshrank.learn.evaluation``). :func:`evaluate_gate` is the pure rule, in the manner
+through ``freshrank.evaluation.classification``). :func:`evaluate_gate` is the pure rule, in the manner
 of TFX's change thresholds: per metric a direction and an absolute and/or relative tolerance on
 how much worse the challenger may be; where both are set, both must hold. A challenger whose
 metrics are not finite is never promoted; nor is one judged on fewer than ``min_rows`` rows.
@@ -26,7 +26,7 @@ from freshrank.registry.checkpoint import ServingModel, load_serving_model
 from freshrank.registry.store import ChampionChanged, CorruptVersion, Registry
 
 if TYPE_CHECKING:
-    from freshrank.monitor.metrics import Metrics
+    from freshrank.core.telemetry import Telemetry
 
 ROWS = "rows"
 """Key of the row count in a metrics mapping given to :func:`evaluate_gate`."""
@@ -242,7 +242,7 @@ def metrics_from_logits(labels: np.ndarray, logits: np.ndarray) -> dict[str, flo
     >>> m["rows"], m["auc"], round(m["logloss"], 4), m["ctr"]
     (2.0, 1.0, 0.1269, 0.5)
     """
-    from freshrank.learn.evaluation import log_loss, roc_auc
+    from freshrank.evaluation.classification import log_loss, roc_auc
 
     labels = np.asarray(labels, dtype=np.float64)
     logits = np.asarray(logits, dtype=np.float64)
@@ -285,7 +285,7 @@ class Promoter:
     """Promote or reject challenger versions of ``registry`` on fresh rows.
 
     ``loader(version) -> ServingModel`` is injected (default: verify and load from the
-    registry; tests give a fake). ``metrics`` defaults to ``default_metrics()``.
+    registry; tests give a fake). ``metrics`` defaults to ``default_telemetry()``.
     """
 
     def __init__(
@@ -293,7 +293,7 @@ class Promoter:
         registry: Registry,
         config: GateConfig | None = None,
         loader: Callable[[int], ServingModel] | None = None,
-        metrics: Metrics | None = None,
+        metrics: Telemetry | None = None,
     ) -> None:
         self.registry = registry
         self.config = config if config is not None else GateConfig()
@@ -302,12 +302,12 @@ class Promoter:
         self._champion_cache: tuple[int, ServingModel] | None = None
 
     @property
-    def metrics(self) -> Metrics:
+    def metrics(self) -> Telemetry:
         """Where decisions are counted."""
         if self._metrics is None:
-            from freshrank.monitor.metrics import default_metrics
+            from freshrank.core.telemetry import default_telemetry
 
-            self._metrics = default_metrics()
+            self._metrics = default_telemetry()
         return self._metrics
 
     def consider(self, version: int, fresh_rows: Mapping[str, np.ndarray]) -> PromotionResult:

@@ -1,6 +1,6 @@
 """Feature, score and click-through drift of a window against the model's training reference.
 
-The pieces, each exactly mergeable and stored as numpy arrays (see `freshrank.monitor.sketches`):
+The pieces, each exactly mergeable and stored as numpy arrays (see `freshrank.drift.sketches`):
 
 * `WindowSketch`: one window of encoded rows (``features.encode`` keys), as
   histograms of ``log1p(price)``, model scores and labels (CTR), hashed count tables of the
@@ -16,7 +16,7 @@ The pieces, each exactly mergeable and stored as numpy arrays (see `freshrank.mo
   against the rate the reference itself had when its windows arrived, the relative CTR
   shift, and the mean surprise of each row's category given its user. `DriftMonitor` wraps it:
   it raises thresholds that a statistic's own noise would cross, judges small windows
-  together, exports the values through a `Metrics` facade, and its ``state_dict()`` (the
+  together, exports the values through a `Telemetry` facade, and its ``state_dict()`` (the
   reference plus the recent values) is what the trainer stores in each checkpoint as
   ``drift.npz`` (`state_npz_bytes`).
 
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from freshrank.monitor.sketches import (
+from freshrank.drift.sketches import (
     BloomFilter,
     ConditionalCounts,
     HashedCounts,
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from freshrank.features.encode import FeatureConfig
-    from freshrank.monitor.metrics import Metrics
+    from freshrank.core.telemetry import Telemetry
 
 FORMAT_VERSION = 1
 """Version of the state layout written by `ReferenceProfile.state_dict`."""
@@ -1073,16 +1073,16 @@ class DriftMonitor:
     def __init__(
         self,
         reference: ReferenceProfile | None = None,
-        metrics: Metrics | None = None,
+        metrics: Telemetry | None = None,
         thresholds: DriftThresholds | None = None,
         source: DriftSource = DriftSource.TRAINER,
     ) -> None:
-        from freshrank.monitor.metrics import NullMetrics
+        from freshrank.core.telemetry import NullTelemetry
 
         if not isinstance(source, DriftSource):
             raise TypeError(f"source must be a DriftSource, got {source!r}")
         self._reference = reference if reference is not None else ReferenceProfile()
-        self._metrics = metrics if metrics is not None else NullMetrics()
+        self._metrics = metrics if metrics is not None else NullTelemetry()
         self.thresholds = thresholds if thresholds is not None else DriftThresholds()
         self.source = source
         self.last_report: DriftReport | None = None
@@ -1101,7 +1101,7 @@ class DriftMonitor:
     def from_state(
         cls,
         state: Mapping[str, np.ndarray],
-        metrics: Metrics | None = None,
+        metrics: Telemetry | None = None,
         thresholds: DriftThresholds | None = None,
         source: DriftSource = DriftSource.TRAINER,
     ) -> DriftMonitor:
