@@ -38,13 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import FeatureConfig, concat_inputs, encode, num_rows, slice_inputs
-from freshrank.evaluation.classification import roc_auc
-from freshrank.learn.replay import ReservoirBuffer
-from freshrank.model.config import RankerConfig
-from freshrank.model.device import to_tensors
-from freshrank.model.ranker import Ranker
 from freshrank.drift.monitor import (
     DriftMonitor,
     DriftReport,
@@ -54,6 +47,13 @@ from freshrank.drift.monitor import (
     SketchConfig,
     Statistic,
 )
+from freshrank.evaluation.classification import roc_auc
+from freshrank.events.simulator import Simulator, SimulatorConfig
+from freshrank.features.encode import FeatureConfig, concat_inputs, encode, num_rows, slice_inputs
+from freshrank.learn.replay import ReservoirBuffer
+from freshrank.model.config import RankerConfig
+from freshrank.model.device import to_tensors
+from freshrank.model.ranker import Ranker
 
 OUT = Path(__file__).resolve().parent / "out"
 CPU = torch.device("cpu")
@@ -332,9 +332,9 @@ def _state_kib(monitor: DriftMonitor) -> float:
 
 
 def _npz_kib(monitor: DriftMonitor) -> float:
-    from freshrank.drift.monitor import state_npz_bytes
+    from freshrank.core.serialization import npz_bytes
 
-    return len(state_npz_bytes(monitor.state_dict())) / 1024
+    return len(npz_bytes(monitor.state_dict(), compressed=True)) / 1024
 
 
 def plot(result: dict, path: Path) -> None:

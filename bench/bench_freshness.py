@@ -35,13 +35,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from loadgen import LoadConfig, LoadGenerator
 
 from freshrank.events.produce import ProducerConfig, run_producer
 from freshrank.events.simulator import SimulatorConfig
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import run_training
 from freshrank.registry import Registry
-from loadgen import LoadConfig, LoadGenerator
 
 BODY = {
     "user_id": "u1",

@@ -24,8 +24,8 @@ from pathlib import Path
 from freshrank.events.produce import ProducerConfig, run_producer
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import run_training
-from freshrank.registry.store import Registry
 from freshrank.ops.runtime import init_ray
+from freshrank.registry.store import Registry
 
 
 def _land(path: Path, shards: int, shard_events: int) -> None:

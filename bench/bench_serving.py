@@ -16,8 +16,8 @@ Four servers on this machine, measured in the same run, one after the other at e
   answers with ``freshrank.serving.scoring.rank_requests_json`` (same model, same encoder and
   response writer as our replicas; FastAPI's own body parsing).
 
-Serve's ingress (``freshrank.ops.runtime.init_ray(serve_ingress=...)``) is chosen when Ray starts, so
-each ``--ingress`` mode runs in a child process of its own (this file with ``--child MODE``) on
+Serve's ingress (``freshrank.ops.runtime.init_ray(serve_ingress=...)``) is chosen when Ray
+starts, so each ``--ingress`` mode runs in a child process of its own (this file with ``--child MODE``) on
 its own Ray; the child writes its runs as JSON and this process prints the tables of every mode,
 each with its goals judged against the floor of the same mode. In ``haproxy`` mode the child
 shortens Serve's direct-ingress drain at shutdown
@@ -45,13 +45,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from loadgen import LatencySummary, LoadConfig, LoadGenerator, summarise
 
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 from freshrank.registry import Registry, load_serving_model, save_checkpoint
 from freshrank.serving.api import RankRequest
 from freshrank.serving.gctune import tune_gc
-from loadgen import LatencySummary, LoadConfig, LoadGenerator, summarise
 from freshrank.serving.scoring import (
     rank_requests_json,
     responses_json,

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from loadgen import LoadConfig, LoadGenerator, summarise
 
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 from freshrank.registry import Registry, save_checkpoint
-from loadgen import LoadConfig, LoadGenerator, summarise
 
 
 def publish(reg: Registry, seed: int) -> int:

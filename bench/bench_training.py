@@ -31,8 +31,8 @@ from freshrank.learn.replay import ReservoirBuffer
 from freshrank.learn.train import run_training
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
-from freshrank.registry.store import Registry
 from freshrank.ops.runtime import init_ray
+from freshrank.registry.store import Registry
 
 
 def baseline(landing: Path, config: TrainConfig) -> tuple[int, float, float]:

@@ -5,8 +5,8 @@ a real Prometheus scraping Ray's metrics endpoint serves the loop's freshrank_ s
 import pytest
 
 from freshrank.apps.demo import DemoConfig, run_demo
-from freshrank.registry import Registry
 from freshrank.ops.runtime import free_port
+from freshrank.registry import Registry
 
 pytestmark = pytest.mark.e2e
 

@@ -30,10 +30,10 @@ class TrainerStandIn:
         return ray.get_runtime_context().get_worker_id()
 
     def run(self, windows: int, shift_at: int) -> dict[str, Any]:
-        from freshrank.events.simulator import Simulator, SimulatorConfig
-        from freshrank.features.encode import FeatureConfig, encode, num_rows
         from freshrank.core import UPDATE_STAGES, Telemetry
         from freshrank.drift.monitor import DriftMonitor
+        from freshrank.events.simulator import Simulator, SimulatorConfig
+        from freshrank.features.encode import FeatureConfig, encode, num_rows
 
         metrics = Telemetry.for_ray()
         sim = Simulator(SimulatorConfig(seed=5, n_users=300))

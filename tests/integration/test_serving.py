@@ -16,8 +16,8 @@ import torch
 from freshrank.features.encode import FeatureConfig
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
-from freshrank.registry import Registry, save_checkpoint
 from freshrank.ops.runtime import free_port
+from freshrank.registry import Registry, save_checkpoint
 from freshrank.serving.app import RankingAppConfig, build_ranking_app
 
 pytestmark = pytest.mark.integration

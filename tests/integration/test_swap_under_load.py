@@ -11,12 +11,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from loadgen import LoadConfig, LoadGenerator
 from prometheus_client import CollectorRegistry
 
+from freshrank.core.telemetry import Telemetry
 from freshrank.features.encode import FeatureConfig, candidates_table, encode
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
-from freshrank.core.telemetry import Telemetry
+from freshrank.ops.runtime import free_port
 from freshrank.registry import (
     Direction,
     GateConfig,
@@ -27,9 +29,7 @@ from freshrank.registry import (
     atomic_write_bytes,
     save_checkpoint,
 )
-from freshrank.ops.runtime import free_port
 from freshrank.serving.app import RankingAppConfig, build_ranking_app
-from loadgen import LoadConfig, LoadGenerator
 
 pytestmark = pytest.mark.integration
 

@@ -5,11 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from freshrank.drift.monitor import DriftMonitor
 from freshrank.events.landing import LandingZone
 from freshrank.events.produce import ProducerConfig, run_producer
 from freshrank.learn import TrainConfig, run_training
 from freshrank.learn.train import _strategy_part
-from freshrank.drift.monitor import DriftMonitor
 from freshrank.registry import Registry, load_latest_or_init
 
 pytestmark = pytest.mark.integration

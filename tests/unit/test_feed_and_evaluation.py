@@ -2,9 +2,9 @@ import math
 
 import numpy as np
 
+from freshrank.evaluation.classification import log_loss, roc_auc
 from freshrank.events.landing import LandingZone
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.evaluation.classification import log_loss, roc_auc
 from freshrank.learn.feed import ShardFeed
 
 

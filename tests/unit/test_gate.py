@@ -7,10 +7,10 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from freshrank.core.telemetry import Telemetry
 from freshrank.features.encode import FeatureConfig, candidates_table, encode
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
-from freshrank.core.telemetry import Telemetry
 from freshrank.registry import (
     Direction,
     GateConfig,

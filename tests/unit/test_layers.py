@@ -138,9 +138,7 @@ def test_the_check_sees_local_and_upward_imports(tmp_path: Path) -> None:
     assert any("evaluation/dyn.py:2" in p for p in problems)
 
 
-@pytest.mark.parametrize(
-    "path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
-)
+@pytest.mark.parametrize("path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_library_file_is_long_without_a_reason(path: Path) -> None:
     text = path.read_text()
     lines = len(text.splitlines())

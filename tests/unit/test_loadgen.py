@@ -4,7 +4,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from loadgen import LoadConfig, LoadGenerator, summarise
 
 

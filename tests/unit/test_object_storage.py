@@ -19,6 +19,7 @@ import pytest
 import torch
 from test_storage import _new_bucket, s3_endpoint  # noqa: F401  (module-scoped moto server)
 
+from freshrank.core.storage import Storage, StorageOptions
 from freshrank.events import FILE_SCHEMA, LandingZone, Simulator, SimulatorConfig
 from freshrank.features.encode import FeatureConfig
 from freshrank.model.config import RankerConfig
@@ -35,7 +36,6 @@ from freshrank.registry import (
     save_checkpoint,
 )
 from freshrank.registry.store import MANIFEST, MANIFEST_DIGEST
-from freshrank.core.storage import Storage, StorageOptions
 
 _SMALL = SimulatorConfig(seed=3, n_users=50, n_items=100, n_categories=5, n_brands=7)
 CFG = RankerConfig(

@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from freshrank.apps.registry_cli import add_registry_commands
 from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 from freshrank.registry import Registry, save_checkpoint
-from freshrank.apps.registry_cli import add_registry_commands
 
 
 def run(*argv):

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from freshrank.core.serialization import arrays_from_npz, npz_bytes
+from freshrank.core.telemetry import Telemetry, TelemetryBackend
+from freshrank.drift.monitor import DriftMonitor, DriftSource
 from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.features.encode import FeatureConfig, encode
 from freshrank.model.config import RankerConfig
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
-from freshrank.drift.monitor import DriftMonitor, DriftSource, state_from_npz_bytes, state_npz_bytes
-from freshrank.core.telemetry import Telemetry, TelemetryBackend
 from freshrank.registry import Registry
 from freshrank.registry.checkpoint import DRIFT_FILE, load_serving_model, save_checkpoint
 from freshrank.serving.holder import ModelHolder
@@ -98,7 +99,7 @@ def _publish(reg: Registry, seed: int, drift: dict | None, landed=LANDED) -> int
         "events_trained": 1,
         "shard_landed_at": landed,
     }
-    extra = {DRIFT_FILE: state_npz_bytes(drift)} if drift is not None else None
+    extra = {DRIFT_FILE: npz_bytes(drift, compressed=True)} if drift is not None else None
     return save_checkpoint(reg, CFG, model.state_dict(), None, {}, meta, extra_files=extra).version
 
 
@@ -220,9 +221,7 @@ def test_served_score_psi_against_the_versions_drift_reference(world):
     assert observer.pending_score_rows == 0  # a fresh histogram after the check
     # the same judgement made independently from the stored file
     with open(reg.get(v).path / DRIFT_FILE, "rb") as f:
-        independent = DriftMonitor.from_state(
-            state_from_npz_bytes(f.read()), source=DriftSource.SERVING
-        )
+        independent = DriftMonitor.from_state(arrays_from_npz(f.read()), source=DriftSource.SERVING)
     hist = independent.score_histogram()
     for scores in batches:
         hist.update(scores)

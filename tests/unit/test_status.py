@@ -8,13 +8,13 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from freshrank.events.landing import LandingZone
-from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.core import Telemetry, serve_prometheus_client
 from freshrank.drift.monitor import DriftReport, FeatureDrift, Statistic
+from freshrank.events.landing import LandingZone
+from freshrank.events.simulator import Simulator, SimulatorConfig
+from freshrank.ops.runtime import free_port
 from freshrank.ops.status import collect_status, histogram_quantile, render_status
 from freshrank.registry.store import Registry
-from freshrank.ops.runtime import free_port
 
 
 def drift_report() -> DriftReport:

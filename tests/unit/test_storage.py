@@ -1,5 +1,5 @@
-"""freshrank.core.storage: one contract over a local directory, a file:// URI and a real S3-compatible
-endpoint (moto's server on 127.0.0.1), plus URI resolution and the object-store specifics
+"""freshrank.core.storage: one contract over a local directory, a file:// URI and a real
+S3-compatible endpoint (moto's server on 127.0.0.1), plus URI resolution and the object-store specifics
 (unmarked directories are not published, a move is copy + delete)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from freshrank.ops.runtime import free_port
 from freshrank.core.storage import COMMIT_MARKER, Storage, StorageOptions, is_uri, resolve
+from freshrank.ops.runtime import free_port
 
 _S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -25,7 +25,6 @@ from freshrank.events.produce import ProducerConfig, ProducerStats, run_producer
 from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import TrainSummary, run_training
-from freshrank.registry.store import Registry
 from freshrank.ops.runtime import (
     SERVE_INGRESS_MODES,
     ServeIngress,
@@ -33,6 +32,7 @@ from freshrank.ops.runtime import (
     init_ray,
     scrape_freshrank_metrics,
 )
+from freshrank.registry.store import Registry
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ The pieces, each exactly mergeable and stored as numpy arrays (see `freshrank.dr
   it raises thresholds that a statistic's own noise would cross, judges small windows
   together, exports the values through a `Telemetry` facade, and its ``state_dict()`` (the
   reference plus the recent values) is what the trainer stores in each checkpoint as
-  ``drift.npz`` (`state_npz_bytes`).
+  ``drift.npz`` (`freshrank.core.serialization.npz_bytes`, compressed).
 
 >>> from freshrank.features.encode import FeatureConfig, encode
 >>> from freshrank.events.simulator import Simulator, SimulatorConfig
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from freshrank.core.serialization import arrays_from_npz, npz_bytes
 from freshrank.drift.sketches import (
     BloomFilter,
     ConditionalCounts,
@@ -62,8 +63,8 @@ from freshrank.drift.sketches import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from freshrank.features.encode import FeatureConfig
     from freshrank.core.telemetry import Telemetry
+    from freshrank.features.encode import FeatureConfig
 
 FORMAT_VERSION = 1
 """Version of the state layout written by `ReferenceProfile.state_dict`."""
@@ -841,32 +842,14 @@ class ReferenceProfile:
         )
 
 
-def state_npz_bytes(state: Mapping[str, np.ndarray]) -> bytes:
-    """A drift state (`ReferenceProfile.state_dict`, `DriftMonitor.state_dict`) as a compressed
-    ``.npz``: what the trainer stores as ``drift.npz`` (sparse filters and tables shrink a lot)."""
-    import io
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **state)
-    return buf.getvalue()
-
-
-def state_from_npz_bytes(data: bytes) -> dict[str, np.ndarray]:
-    """Inverse of `state_npz_bytes` (``allow_pickle=False``)."""
-    import io
-
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
-
-
 def profile_npz_bytes(profile: ReferenceProfile) -> bytes:
     """``profile.state_dict()`` as a compressed ``.npz``."""
-    return state_npz_bytes(profile.state_dict())
+    return npz_bytes(profile.state_dict(), compressed=True)
 
 
 def profile_from_npz_bytes(data: bytes) -> ReferenceProfile:
     """The reference of a ``drift.npz`` (monitor history, if any, is ignored)."""
-    return ReferenceProfile.from_state(state_from_npz_bytes(data))
+    return ReferenceProfile.from_state(arrays_from_npz(data))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1339,6 +1322,4 @@ __all__ = [
     "compare",
     "profile_from_npz_bytes",
     "profile_npz_bytes",
-    "state_from_npz_bytes",
-    "state_npz_bytes",
 ]

@@ -44,8 +44,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from freshrank.events.schema import conform, drop_invalid_rows, schema_problem
 from freshrank.core.storage import StorageBacked, StoredFile
+from freshrank.events.schema import conform, drop_invalid_rows, schema_problem
 
 SHARD_PATTERN: re.Pattern[str] = re.compile(r"^shard-(\d{12})\.parquet$")
 """File names of published shards; group 1 is the sequence number."""

@@ -47,6 +47,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from freshrank.evaluation.classification import log_loss, roc_auc
+from freshrank.evaluation.ranking import hits_at_k, ranking_report
 from freshrank.events.adapters.diginetica import DigineticaConfig, NegativeSampling, load_periods
 from freshrank.events.schema import drop_invalid_rows
 from freshrank.events.simulator import Simulator, SimulatorConfig
@@ -57,8 +59,6 @@ from freshrank.features.encode import (
     num_rows,
     slice_inputs,
 )
-from freshrank.evaluation.classification import log_loss, roc_auc
-from freshrank.evaluation.ranking import hits_at_k, ranking_report
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import (
     EWC,

@@ -13,7 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from freshrank.learn.replay import ReservoirBuffer, _parse_rng_state
+from freshrank.core.serialization import restore_rng_state, rng_state_array
+from freshrank.learn.replay import ReservoirBuffer
 
 __all__ = ["ClickBalancedBuffer", "ReplayBuffer", "ReservoirBuffer"]
 
@@ -131,7 +132,7 @@ class ClickBalancedBuffer:
             sub = part.state_dict()
             state[f"meta/{name}_seen"] = sub["meta/seen"]
             state[f"meta/{name}_rng"] = sub["meta/rng"]
-        state["meta/rng"] = _rng_bytes(self._rng)
+        state["meta/rng"] = rng_state_array(self._rng)
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
@@ -151,8 +152,4 @@ class ClickBalancedBuffer:
                 sub["meta/rng"] = np.asarray(state[f"meta/{name}_rng"])
             part.load_state_dict(sub)
         if "meta/rng" in state:
-            self._rng.bit_generator.state = _parse_rng_state(bytes(state["meta/rng"]).decode())
-
-
-def _rng_bytes(rng: np.random.Generator) -> np.ndarray:
-    return np.frombuffer(repr(rng.bit_generator.state).encode("utf-8"), dtype=np.uint8)
+            restore_rng_state(self._rng, state["meta/rng"])

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from freshrank.core.serialization import restore_rng_state, rng_state_array
+
 
 class ReservoirBuffer:
     """A uniform sample of every row ever added, at most ``capacity`` rows (Vitter's Algorithm R).
@@ -78,9 +80,7 @@ class ReservoirBuffer:
         state = {f"rows/{k}": v[: self._size] for k, v in self._data.items()}
         state["meta/capacity"] = np.array(self.capacity, dtype=np.int64)
         state["meta/seen"] = np.array(self.seen, dtype=np.int64)
-        state["meta/rng"] = np.frombuffer(
-            repr(self._rng.bit_generator.state).encode("utf-8"), dtype=np.uint8
-        )
+        state["meta/rng"] = rng_state_array(self._rng)
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
@@ -98,14 +98,4 @@ class ReservoirBuffer:
             self._size = n
         self.seen = int(state.get("meta/seen", np.array(self._size)))
         if "meta/rng" in state:
-            self._rng.bit_generator.state = _parse_rng_state(bytes(state["meta/rng"]).decode())
-
-
-def _parse_rng_state(text: str) -> dict:
-    # The state of PCG64 is a dict of str/int/dict; parse it without eval.
-    import ast
-
-    value = ast.literal_eval(text)
-    if not isinstance(value, dict):
-        raise ValueError("bad replay RNG state")
-    return value
+            restore_rng_state(self._rng, state["meta/rng"])

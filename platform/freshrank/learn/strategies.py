@@ -47,9 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from freshrank.core.serialization import restore_rng_state, rng_state_array
 from freshrank.features.encode import CANDIDATE_KEYS, concat_inputs, num_rows, slice_inputs
 from freshrank.learn.buffers import ClickBalancedBuffer, ReplayBuffer
-from freshrank.learn.replay import ReservoirBuffer, _parse_rng_state
+from freshrank.learn.replay import ReservoirBuffer
 from freshrank.model.device import to_tensors
 
 StateDict = dict[str, np.ndarray | Tensor]
@@ -658,13 +659,13 @@ class ExemplarReplay(Replay):
                 self.buffer.add(slice_inputs(rows, clicked))
 
     def state_dict(self) -> StateDict:
-        return {**super().state_dict(), "meta/negatives_rng": _rng_bytes(self._rng)}
+        return {**super().state_dict(), "meta/negatives_rng": rng_state_array(self._rng)}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray | Tensor]) -> None:
         rng = state.get("meta/negatives_rng")
         super().load_state_dict({k: v for k, v in state.items() if k != "meta/negatives_rng"})
         if rng is not None:
-            self._rng.bit_generator.state = _parse_rng_state(_to_numpy(rng).tobytes().decode())
+            restore_rng_state(self._rng, rng)
 
 
 class EWC(Strategy):
@@ -760,7 +761,7 @@ class EWC(Strategy):
         state.update({f"anchor/{k}": v.detach().cpu() for k, v in self._anchor.items()})
         state["meta/residual"] = np.array(self._residual, dtype=np.float64)
         state["meta/windows"] = np.array(self._windows, dtype=np.int64)
-        state["meta/rng"] = _rng_bytes(self._rng)
+        state["meta/rng"] = rng_state_array(self._rng)
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray | Tensor]) -> None:
@@ -777,9 +778,7 @@ class EWC(Strategy):
         self._residual = float(_to_numpy(state.get("meta/residual", np.array(0.0))))
         self._windows = int(_to_numpy(state.get("meta/windows", np.array(0))))
         if "meta/rng" in state:
-            self._rng.bit_generator.state = _parse_rng_state(
-                bytes(_to_numpy(state["meta/rng"])).decode()
-            )
+            restore_rng_state(self._rng, state["meta/rng"])
 
 
 class LwF(Strategy):
@@ -960,16 +959,14 @@ class PairDistill(Strategy):
     def state_dict(self) -> StateDict:
         return {
             "meta/windows": np.array(self._windows, dtype=np.int64),
-            "meta/rng": _rng_bytes(self._rng),
+            "meta/rng": rng_state_array(self._rng),
         }
 
     def load_state_dict(self, state: Mapping[str, np.ndarray | Tensor]) -> None:
         self._windows = int(_to_numpy(state.get("meta/windows", np.array(0))))
         self._teacher, self._rows = None, {}
         if "meta/rng" in state:
-            self._rng.bit_generator.state = _parse_rng_state(
-                bytes(_to_numpy(state["meta/rng"])).decode()
-            )
+            restore_rng_state(self._rng, state["meta/rng"])
 
 
 class WeightAverage(Strategy):
@@ -1171,10 +1168,6 @@ def reshard_state(
 
 def _derive_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
-def _rng_bytes(rng: np.random.Generator) -> np.ndarray:
-    return np.frombuffer(repr(rng.bit_generator.state).encode("utf-8"), dtype=np.uint8)
 
 
 def _to_numpy(value: np.ndarray | Tensor) -> np.ndarray:

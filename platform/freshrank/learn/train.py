@@ -30,20 +30,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from freshrank.events.landing import LandingZone
-from freshrank.features.reading import read_shards
-from freshrank.features.encode import FeatureConfig, num_rows
-from freshrank.learn.config import TrainConfig
-from freshrank.registry.control import FencedOut, TrainerControl
+from freshrank.core.serialization import npz_bytes
+from freshrank.drift.monitor import DriftMonitor, WindowSketch
+from freshrank.drift.sketches import NumericHistogram
 from freshrank.evaluation.classification import log_loss, roc_auc
-from freshrank.learn.feed import ShardFeed, ShardPlan, Window
 from freshrank.evaluation.ranking import ranking_report
+from freshrank.events.landing import LandingZone
+from freshrank.features.encode import FeatureConfig, num_rows
+from freshrank.features.reading import read_shards
+from freshrank.learn.config import TrainConfig
+from freshrank.learn.feed import ShardFeed, ShardPlan, Window
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import Strategy, build_strategy, reshard_state
 from freshrank.model.device import backend_for, pick_device
 from freshrank.model.ranker import Ranker
-from freshrank.drift.monitor import DriftMonitor, WindowSketch, state_npz_bytes
-from freshrank.drift.sketches import NumericHistogram
 from freshrank.registry.checkpoint import (
     DRIFT_FILE,
     TrainingState,
@@ -53,6 +53,7 @@ from freshrank.registry.checkpoint import (
     promote_if_finite,
     save_checkpoint,
 )
+from freshrank.registry.control import FencedOut, TrainerControl
 from freshrank.registry.promotion import GateConfig, Promoter, PromotionOutcome, metrics_from_logits
 from freshrank.registry.store import CorruptVersion, Registry, VersionInfo
 
@@ -607,7 +608,9 @@ def _checkpoint_window(
     strategy_state: dict[str, np.ndarray] = {}
     for r, part in enumerate(strategy_parts):
         strategy_state.update({f"rank{r}/{k}": v for k, v in part.items()})
-    extra = {DRIFT_FILE: state_npz_bytes(drift.state_dict())} if drift is not None else {}
+    extra = (
+        {DRIFT_FILE: npz_bytes(drift.state_dict(), compressed=True)} if drift is not None else {}
+    )
     info = save_checkpoint(
         registry,
         core.config,

@@ -10,16 +10,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from freshrank.core.serialization import npz_bytes
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
-from freshrank.registry.store import Registry, VersionInfo, npz_bytes, torch_bytes
+from freshrank.registry.store import Registry, VersionInfo, torch_bytes
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 REPLAY_FILE = "replay.npz"
 """The strategy state of every worker (replay rows, EWC importance, ...), numpy arrays only."""
 DRIFT_FILE = "drift.npz"
-"""The drift monitor's reference and history (``monitor.drift.state_npz_bytes``), optional."""
+"""The drift monitor's reference and history (compressed ``npz_bytes``), optional."""
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from freshrank.core.serialization import arrays_from_npz
 from freshrank.core.storage import StorageBacked, StorageOptions, write_local_atomic
 
 MANIFEST = "manifest.json"
@@ -134,13 +135,6 @@ def torch_bytes(obj: Mapping[str, Any]) -> bytes:
     """Serialise a state dict (tensors and plain containers) with ``torch.save``."""
     buf = io.BytesIO()
     torch.save(dict(obj), buf)
-    return buf.getvalue()
-
-
-def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """Serialise numpy arrays as an uncompressed ``.npz`` (no object arrays)."""
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     return buf.getvalue()
 
 
@@ -541,9 +535,7 @@ class Registry(StorageBacked):
     def load_npz(self, info: VersionInfo, name: str) -> dict[str, np.ndarray]:
         """Load an npz file of a verified version (object arrays refused; bytes checked
         against the manifest's sha256 first)."""
-        data = self._checked_bytes(info, name)
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            return {k: arrays[k] for k in arrays.files}
+        return arrays_from_npz(self._checked_bytes(info, name))
 
     # ----- helpers ---------------------------------------------------------------------------
     def _version_name(self, version: int) -> str:

@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from freshrank.drift.monitor import DriftMonitor, DriftSource, FeatureDrift
 from freshrank.core.telemetry import Telemetry
+from freshrank.drift.monitor import DriftMonitor, DriftSource, FeatureDrift
 from freshrank.drift.sketches import NumericHistogram
 from freshrank.registry.checkpoint import DRIFT_FILE, ServingModel
 from freshrank.registry.store import Registry
@@ -71,7 +71,7 @@ def load_drift_monitor(
     """The serving drift monitor of a version (from its ``drift.npz``), or None without one.
 
     The file is read through ``Registry.load_npz`` (checksummed against the manifest,
-    ``allow_pickle=False``), which gives the arrays ``monitor.drift.state_from_npz_bytes``
+    ``allow_pickle=False``), which gives the arrays ``freshrank.core.serialization.arrays_from_npz``
     gives for the same bytes.
     """
     files = served.manifest.get("files") or {}
