@@ -17,7 +17,8 @@ Four servers on this machine, measured in the same run, one after the other at e
   response writer as our replicas; FastAPI's own body parsing).
 
 Serve's ingress (``freshrank.ops.runtime.init_ray(serve_ingress=...)``) is chosen when Ray
-starts, so each ``--ingress`` mode runs in a child process of its own (this file with ``--child MODE``) on
+starts, so each ``--ingress`` mode runs in a child process of its own (this file with
+``--child MODE``) on
 its own Ray; the child writes its runs as JSON and this process prints the tables of every mode,
 each with its goals judged against the floor of the same mode. In ``haproxy`` mode the child
 shortens Serve's direct-ingress drain at shutdown

@@ -1,5 +1,6 @@
 """freshrank.core.storage: one contract over a local directory, a file:// URI and a real
-S3-compatible endpoint (moto's server on 127.0.0.1), plus URI resolution and the object-store specifics
+S3-compatible endpoint (moto's server on 127.0.0.1), plus URI resolution and the object-store
+specifics
 (unmarked directories are not published, a move is copy + delete)."""
 
 from __future__ import annotations

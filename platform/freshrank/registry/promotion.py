@@ -2,7 +2,7 @@
 
 Both models are scored on the same fresh rows, rows neither has trained on (AUC and log loss
 through ``freshrank.evaluation``). :func:`evaluate_gate` is the pure rule, in the manner of
- TFX's change thresholds: per metric a direction and an absolute and/or relative tolerance on
+TFX's change thresholds: per metric a direction and an absolute and/or relative tolerance on
 how much worse the challenger may be; where both are set, both must hold. A challenger whose
 metrics are not finite is never promoted; nor is one judged on fewer than ``min_rows`` rows.
 
