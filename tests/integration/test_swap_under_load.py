@@ -14,6 +14,7 @@ import torch
 from loadgen import LoadConfig, LoadGenerator
 from prometheus_client import CollectorRegistry
 
+from freshrank.core.storage import write_local_atomic
 from freshrank.core.telemetry import Telemetry
 from freshrank.features.encode import FeatureConfig, candidates_table, encode
 from freshrank.model.config import RankerConfig
@@ -26,7 +27,6 @@ from freshrank.registry import (
     Promoter,
     PromotionOutcome,
     Registry,
-    atomic_write_bytes,
     save_checkpoint,
 )
 from freshrank.serving.app import RankingAppConfig, build_ranking_app
@@ -150,7 +150,7 @@ def test_swaps_rollback_and_corruption_under_load(served):
                 assert rejected.outcome is PromotionOutcome.REJECTED
                 assert "CorruptVersion" in rejected.reasons[0]
             if i == 9:  # ... and written straight into the pointer: replicas refuse it
-                atomic_write_bytes(reg.root / "CHAMPION", f'{{"version": {bad}}}'.encode())
+                write_local_atomic(reg.root / "CHAMPION", f'{{"version": {bad}}}'.encode())
                 t_bad = time.monotonic()
                 mark = len(load.samples())
                 _wait(lambda m=mark: len(load.samples()) >= m + 100, 60, "100 more answers")

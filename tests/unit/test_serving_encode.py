@@ -17,9 +17,7 @@ from freshrank.features.encode import (
     encode_searches,
 )
 from freshrank.features.hashing import (
-    bucket_cache_info,
     bucket_of,
-    buckets_memo_info,
     buckets_of,
     stable_hash64,
 )
@@ -164,19 +162,30 @@ def test_no_searches_and_empty_search():
     )
 
 
-def test_memoised_buckets_equal_the_hash_and_hit_the_cache():
+def _count_hashes(monkeypatch) -> list[str]:
+    """Every value the bucket memos hash from now on (a miss hashes; a hit does not)."""
+    seen: list[str] = []
+    real = hashing.stable_hash64
+
+    def counting(value: str, salt: str = "") -> int:
+        seen.append(value)
+        return real(value, salt)
+
+    monkeypatch.setattr(hashing, "stable_hash64", counting)
+    return seen
+
+
+def test_memoised_buckets_equal_the_hash_and_hit_the_cache(monkeypatch):
     values = [f"memo-{i % 5}" for i in range(50)]
-    _, misses_before = buckets_memo_info("item", 1000)
-    got = buckets_of(values, "item", 1000)
     want = [1 + stable_hash64(v, "item") % 999 for v in values]
+    hashed = _count_hashes(monkeypatch)
+    got = buckets_of(values, "item", 1000)
     assert got.tolist() == want and got.dtype == np.int64
-    _, misses_after = buckets_memo_info("item", 1000)
-    assert misses_after - misses_before == 5  # 5 distinct values, 50 lookups
+    assert sorted(hashed) == sorted(set(values))  # 5 distinct values hashed once, 50 lookups
     assert buckets_of(values, "item", 1000).tolist() == want
-    assert buckets_memo_info("item", 1000)[1] == misses_after  # all hits now
-    before = bucket_cache_info()
+    assert len(hashed) == 5  # all hits now
     assert [bucket_of(v, "item", 1000) for v in values] == want
-    assert bucket_cache_info().hits - before.hits >= 45
+    assert len(hashed) == 10  # bucket_of has its own memo: each distinct value hashed once more
     assert bucket_of(None, "item", 1000) == bucket_of("", "item", 1000) == 0
     with pytest.raises(ValueError, match="buckets must be >= 2"):
         buckets_of(["a"], "item", 1)
@@ -185,7 +194,8 @@ def test_memoised_buckets_equal_the_hash_and_hit_the_cache():
 def test_a_full_bucket_memo_is_emptied_and_stays_right(monkeypatch):
     monkeypatch.setattr(hashing, "BUCKET_CACHE_SIZE", 10)
     values = [f"full-{i}" for i in range(35)] + [None, ""] + [f"full-{i}" for i in range(5)]
+    want = [bucket_of(v, "full", 97) for v in values]
+    hashed = _count_hashes(monkeypatch)
     got = buckets_of(values, "full", 97)
-    assert got.tolist() == [bucket_of(v, "full", 97) for v in values]
-    entries, misses = buckets_memo_info("full", 97)
-    assert entries <= 10 and misses == len(values)  # emptied when full, so the repeats missed
+    assert got.tolist() == want
+    assert len(hashed) == 40  # emptied when full, so the 5 repeats were hashed again

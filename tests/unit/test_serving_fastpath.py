@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pytest
+from _serving_reference import rank_request
 from fastapi import Response
 from fastapi.testclient import TestClient
 
@@ -14,7 +15,7 @@ from freshrank.registry.checkpoint import ServingModel
 from freshrank.serving.api import RankRequest, RankResponse
 from freshrank.serving.app import _create_app
 from freshrank.serving.fastpath import is_json, route_path
-from freshrank.serving.scoring import rank_request, rank_requests_json
+from freshrank.serving.scoring import rank_requests_json
 
 BODY = {
     "user_id": "u1",

@@ -64,11 +64,6 @@ def bucket_of(value: str | None, salt: str, buckets: int) -> int:
     return _bucket(value, salt, buckets)
 
 
-def bucket_cache_info() -> functools._CacheInfo:
-    """Hits, misses and size of the bucket memo (``functools.lru_cache`` statistics)."""
-    return _bucket.cache_info()
-
-
 class _BucketMemo(dict):
     """value -> bucket for one (salt, buckets); a miss hashes (``dict.__missing__``)."""
 
@@ -76,10 +71,8 @@ class _BucketMemo(dict):
         super().__init__()
         self.salt = salt
         self.buckets = buckets
-        self.misses = 0
 
     def __missing__(self, value: str | None) -> int:
-        self.misses += 1
         if len(self) >= BUCKET_CACHE_SIZE:
             self.clear()
         code = self[value] = _bucket_uncached(value, self.salt, self.buckets)
@@ -94,12 +87,6 @@ def _memo(salt: str, buckets: int) -> _BucketMemo:
     if memo is None:
         memo = _MEMOS.setdefault((salt, buckets), _BucketMemo(salt, buckets))
     return memo
-
-
-def buckets_memo_info(salt: str, buckets: int) -> tuple[int, int]:
-    """Entries and misses so far of :func:`buckets_of`'s memo for ``(salt, buckets)``."""
-    memo = _memo(salt, buckets)
-    return len(memo), memo.misses
 
 
 def buckets_of(values: Sequence[str | None], salt: str, buckets: int) -> np.ndarray:

@@ -29,8 +29,6 @@ from freshrank.registry.store import (
     NoRollbackTarget,
     Registry,
     VersionInfo,
-    atomic_write_bytes,
-    sha256_file,
 )
 
 __all__ = [
@@ -50,7 +48,6 @@ __all__ = [
     "ServingModel",
     "TrainingState",
     "VersionInfo",
-    "atomic_write_bytes",
     "evaluate_gate",
     "load_latest_or_init",
     "load_serving_model",
@@ -58,5 +55,4 @@ __all__ = [
     "promote_if_finite",
     "save_checkpoint",
     "score_rows",
-    "sha256_file",
 ]

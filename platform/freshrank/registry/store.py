@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from freshrank.core.serialization import arrays_from_npz
-from freshrank.core.storage import StorageBacked, StorageOptions, write_local_atomic
+from freshrank.core.storage import StorageBacked, StorageOptions
 
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.json.sha256"
@@ -114,21 +114,6 @@ class VersionInfo:
     version: int
     path: Path | str
     manifest: dict[str, Any]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to the local file ``path`` so that readers see the old file or the new
-    one, never half (:func:`freshrank.core.storage.write_local_atomic`)."""
-    write_local_atomic(path, data)
 
 
 def torch_bytes(obj: Mapping[str, Any]) -> bytes:

@@ -4,13 +4,7 @@ from freshrank.serving.api import Candidate, ModelStatus, RankRequest, RankRespo
 from freshrank.serving.app import RankingAppConfig, build_ranking_app
 from freshrank.serving.holder import Loaded, ModelHolder
 from freshrank.serving.limits import BodySizeLimit
-from freshrank.serving.scoring import (
-    rank_request,
-    rank_requests,
-    score_batch,
-    score_candidates,
-    warm_up,
-)
+from freshrank.serving.scoring import rank_requests_json, score_batch, warm_up
 
 __all__ = [
     "BodySizeLimit",
@@ -23,9 +17,7 @@ __all__ = [
     "RankingAppConfig",
     "ScoredItem",
     "build_ranking_app",
-    "rank_request",
-    "rank_requests",
+    "rank_requests_json",
     "score_batch",
-    "score_candidates",
     "warm_up",
 ]

@@ -1,6 +1,6 @@
 """Scoring requests with a loaded model, through the same encoder training uses.
 
-:func:`rank_requests` scores a batch of requests in one forward pass: the requests' candidates
+:func:`score_batch` scores a batch of requests in one forward pass: the requests' candidates
 are encoded together by ``features.encode.encode_search_groups`` (byte for byte what ``encode``
 gives for the requests' ``candidates_table()``s, the tables training encodes, without building
 them, and with each search's own features once per search), scored once, and the scores are
@@ -21,7 +21,7 @@ import torch
 
 from freshrank.features.encode import ID_FEATURES, SearchCandidates, encode_search_groups
 from freshrank.registry.checkpoint import ServingModel
-from freshrank.serving.api import RankRequest, RankResponse
+from freshrank.serving.api import RankRequest
 from freshrank.serving.wire import encode_ranking, search_columns
 
 Search = RankRequest | SearchCandidates
@@ -59,31 +59,6 @@ def score_batch(served: ServingModel, requests: Sequence[Search]) -> list[np.nda
     return np.split(scores, np.cumsum([len(s) for s in searches[:-1]]))
 
 
-def score_candidates(served: ServingModel, request: Search) -> np.ndarray:
-    """Relevance scores (position bias left out) of the request's candidates, in input order."""
-    return score_batch(served, [request])[0]
-
-
-def _ranked_dict(served: ServingModel, request: RankRequest, scores: np.ndarray) -> dict:
-    order = np.argsort(-scores, kind="stable").tolist()
-    values, candidates = scores.tolist(), request.candidates
-    ranked = [
-        {"item_id": candidates[i].item_id, "score": values[i], "rank": r}
-        for r, i in enumerate(order)
-    ]
-    return {"model_version": served.version, "ranked": ranked}
-
-
-def rank_requests(served: ServingModel, requests: Sequence[RankRequest]) -> list[RankResponse]:
-    """Each request's candidates ordered by score, best first, scored in one forward pass."""
-    scores = score_batch(served, requests)
-    # Validated in one pydantic-core call: 3x cheaper than a ScoredItem(...) per candidate.
-    return [
-        RankResponse.model_validate(_ranked_dict(served, r, s))
-        for r, s in zip(requests, scores, strict=True)
-    ]
-
-
 def responses_json(
     served: ServingModel, requests: Sequence[Search], scores: Sequence[np.ndarray]
 ) -> list[bytes]:
@@ -99,14 +74,9 @@ def responses_json(
 
 
 def rank_requests_json(served: ServingModel, requests: Sequence[Search]) -> list[bytes]:
-    """:func:`rank_requests`, each answer as the JSON body the endpoint sends (see
-    :func:`responses_json`)."""
+    """Each request's candidates ordered by score, best first (ties keep input order), as the
+    JSON body the endpoint sends (see :func:`responses_json`)."""
     return responses_json(served, requests, score_batch(served, requests))
-
-
-def rank_request(served: ServingModel, request: RankRequest) -> RankResponse:
-    """The request's candidates ordered by score, best first (ties keep input order)."""
-    return rank_requests(served, [request])[0]
 
 
 def warm_up(served: ServingModel) -> ServingModel:
