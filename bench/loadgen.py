@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from freshrank.serving.client import RankingClient
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -123,13 +125,9 @@ class LoadGenerator:
         self.stop()
 
     def _work(self, worker: int) -> None:
-        import httpx
-
         cfg = self.config
-        headers = {"content-type": "application/json"}
-        url = cfg.url.rstrip("/") + cfg.path
         start = self._deadline - cfg.max_seconds
-        with httpx.Client(timeout=cfg.timeout_s, verify=self._tls) as http:
+        with RankingClient(cfg.url, timeout_s=cfg.timeout_s, verify=self._tls) as client:
             for k in range(cfg.max_requests):
                 if self._stop.is_set() or time.monotonic() >= self._deadline:
                     return
@@ -141,21 +139,10 @@ class LoadGenerator:
                         return
                     if self._stop.wait(max(0.0, sent - time.monotonic())):
                         return
-                try:
-                    r = http.post(url, content=self._payload, headers=headers)
-                    version = r.headers.get("x-model-version")
-                    sample = Sample(
-                        sent,
-                        time.monotonic(),
-                        r.status_code,
-                        int(version) if version else None,
-                        r.headers.get("x-replica"),
-                        None if r.status_code == 200 else r.text[:200],
-                    )
-                except httpx.HTTPError as exc:
-                    sample = Sample(
-                        sent, time.monotonic(), 0, None, None, f"{type(exc).__name__}: {exc}"
-                    )
+                a = client.rank(self._payload, cfg.path)
+                sample = Sample(
+                    sent, time.monotonic(), a.status, a.model_version, a.replica, a.error
+                )
                 with self._lock:
                     self._samples.append(sample)
 

@@ -1,7 +1,8 @@
 """The Serve ranking app on the session's local Ray: answers, refuses bad input, hot-swaps.
 
-One Serve instance per module holds both applications the tests need (the two-replica app and
-the one-request-at-a-time overload app), deployed together; models are small so that
+One Serve instance per module holds the applications the tests need (the two-replica app, the
+one-request-at-a-time overload app, and an app over a registry that never gets a model),
+deployed together; models are small so that
 publishing and loading a version takes milliseconds, and replicas look for a new champion
 every 50 ms and drain in 0.2 s steps at teardown.
 """
@@ -65,10 +66,12 @@ def _until(cond, timeout=60.0, what="condition"):
 @pytest.fixture(scope="module")
 def ranking(ray_local, tmp_path_factory):
     """Serve with the ranking app at ``/`` and the overload app at ``/overload`` (one replica,
-    one request at a time, one queued), deployed concurrently; no champion yet."""
+    one request at a time, one queued) and an app at ``/empty`` whose registry stays empty,
+    deployed concurrently; no champion yet."""
     from ray import serve
 
     reg = Registry(tmp_path_factory.mktemp("registry"))
+    empty = Registry(tmp_path_factory.mktemp("empty-registry"))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -96,6 +99,13 @@ def ranking(ray_local, tmp_path_factory):
                     name="overload",
                     route_prefix="/overload",
                 ),
+                serve.RunTarget(
+                    build_ranking_app(
+                        RankingAppConfig(registry=str(empty.root), num_replicas=1, **FAST)
+                    ),
+                    name="empty",
+                    route_prefix="/empty",
+                ),
             ]
         )
         yield reg, f"http://127.0.0.1:{port}"
@@ -104,12 +114,11 @@ def ranking(ray_local, tmp_path_factory):
 
 
 def test_no_model_yet_is_503_with_retry_after(ranking):
-    reg, url = ranking
-    if reg.champion_version() is not None:
-        pytest.skip("a model was promoted by an earlier test")
-    r = httpx.post(f"{url}/rank", json=BODY, timeout=10)
+    """The ``/empty`` app's registry never has a champion, whatever the other tests promote."""
+    _, url = ranking
+    r = httpx.post(f"{url}/empty/rank", json=BODY, timeout=10)
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
-    assert httpx.get(f"{url}/healthz", timeout=10).json()["model_version"] is None
+    assert httpx.get(f"{url}/empty/healthz", timeout=10).json()["model_version"] is None
 
 
 def test_ranks_and_names_the_version(ranking):

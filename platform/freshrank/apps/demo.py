@@ -33,6 +33,7 @@ from freshrank.ops.runtime import (
     scrape_freshrank_metrics,
 )
 from freshrank.registry.store import Registry
+from freshrank.serving.client import RankingClient
 
 
 @dataclass(frozen=True)
@@ -285,31 +286,24 @@ def run_http_client(
     max_seconds: float = 3_600.0,
 ) -> ClientStats:
     """Send simulated searches to ``POST /rank`` at ``rate`` per second until ``stop`` (bounded)."""
-    import httpx
-
     sim = Simulator(SimulatorConfig(seed=seed))
     deadline = time.monotonic() + max_seconds
     next_at = time.monotonic()
-    with httpx.Client(base_url=endpoint, timeout=10.0) as http:
+    with RankingClient(endpoint) as client:
         for _ in range(max_requests):
             if stop.is_set() or time.monotonic() > deadline:
                 break
-            body = request_from_events(sim.generate(1))
             t0 = time.perf_counter()
-            try:
-                resp = http.post("/rank", json=body)
-                ok = resp.status_code == 200
-                if ok:
-                    version = int(resp.json()["model_version"])
-                    stats.first_seen.setdefault(version, time.time())
-                    stats.ok += 1
-                    stats.latencies_s.append(time.perf_counter() - t0)
-                else:
-                    stats.failed += 1
-                    stats.errors.append(f"{resp.status_code}: {resp.text[:200]}")
-            except httpx.HTTPError as exc:
+            answer = client.rank(request_from_events(sim.generate(1)))
+            if answer.ok and answer.model_version is not None:
+                stats.first_seen.setdefault(answer.model_version, time.time())
+                stats.ok += 1
+                stats.latencies_s.append(time.perf_counter() - t0)
+            else:
                 stats.failed += 1
-                stats.errors.append(f"{type(exc).__name__}: {exc}")
+                stats.errors.append(
+                    answer.error if answer.status == 0 else f"{answer.status}: {answer.error}"
+                )
             next_at += 1.0 / rate
             stop.wait(max(0.0, next_at - time.monotonic()))
     return stats
@@ -341,13 +335,8 @@ def _say(line: str) -> None:
 
 def _served_version(endpoint: str) -> int | None:
     """The version ``GET /healthz`` reports, None when none is loaded or it does not answer."""
-    import httpx
-
-    try:
-        version = httpx.get(f"{endpoint}/healthz", timeout=2.0).json().get("model_version")
-    except (httpx.HTTPError, ValueError):
-        return None
-    return int(version) if version is not None else None
+    with RankingClient(endpoint, timeout_s=2.0) as client:
+        return client.served_version()
 
 
 def _thread(name: str, target: Callable[[], Any]) -> threading.Thread:
