@@ -27,6 +27,8 @@ import typing
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from freshrank.core.signals import on_stop_signals
+
 
 def add_dataclass_options(
     parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
@@ -255,23 +257,16 @@ def stop_on_signals(
 
     ``ray job stop`` sends SIGTERM to the job's processes (then SIGKILL after
     ``RAY_JOB_STOP_WAIT_TIME_S``, see ``jobs/runtime_env.yaml``); Ctrl-C sends SIGINT. Handlers
-    can only be installed from the main thread; elsewhere this does nothing. The previous
-    handlers come back afterwards.
+    can only be installed from the main thread; elsewhere this does nothing
+    (`freshrank.core.signals.on_stop_signals`).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def handler(signum: int, _frame: Any) -> None:
+    def logged(signum: int) -> None:
         _log(command, f"signal {signal.Signals(signum).name}: {what}")
         on_signal(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with on_stop_signals(logged):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
