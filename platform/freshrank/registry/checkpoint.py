@@ -13,14 +13,8 @@ import torch
 from freshrank.core.serialization import npz_bytes
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
+from freshrank.registry.layout import DRIFT_FILE, MODEL_FILE, OPTIMIZER_FILE, REPLAY_FILE
 from freshrank.registry.store import Registry, VersionInfo, torch_bytes
-
-MODEL_FILE = "model.pt"
-OPTIMIZER_FILE = "optimizer.pt"
-REPLAY_FILE = "replay.npz"
-"""The strategy state of every worker (replay rows, EWC importance, ...), numpy arrays only."""
-DRIFT_FILE = "drift.npz"
-"""The drift monitor's reference and history (compressed ``npz_bytes``), optional."""
 
 
 @dataclass(frozen=True)

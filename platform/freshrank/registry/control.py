@@ -20,6 +20,7 @@ import time
 import uuid
 
 from freshrank.core.storage import Storage, StorageOptions
+from freshrank.registry.layout import STOP, TRAINER_LEASE
 
 
 class FencedOut(RuntimeError):
@@ -34,8 +35,8 @@ class TrainerControl:
     ) -> None:
         self.storage = Storage(registry_root, options)
 
-    _lease = "TRAINER_LEASE"
-    _stop = "STOP"
+    _lease = TRAINER_LEASE
+    _stop = STOP
 
     def claim(self) -> str:
         """Take the lease for a new trainer epoch and return it."""

@@ -1,26 +1,8 @@
 """Versioned checkpoints with a manifest, checksums and a champion pointer.
 
-A registry lives on any filesystem :mod:`freshrank.core.storage` resolves: a local path, ``file://``,
-``s3://bucket/prefix`` (AWS or any S3-compatible store), ``gs://bucket/prefix``. Layout under
-its root::
-
-    versions/v000001/            one directory (prefix) per version
-        model.pt                 weights (torch state_dict, loaded with weights_only=True)
-        optimizer.pt             optimizer state (same)
-        replay.npz               replay buffer (numpy only, loaded with allow_pickle=False)
-        manifest.json            version, parent, model config, cursor, watermark, metrics,
-                                 sha256 and size of every file above
-        manifest.json.sha256     sha256 of manifest.json itself (a tampered or truncated
-                                 manifest is refused too); written last: the publish marker
-    CHAMPION                     {"version": N, ...}, replaced as a whole
-    PINNED                       {"version": N, ...} when an operator pinned a version; serving
-                                 replicas serve it instead of the champion while it exists
-    TRAINER                      what the trainer is doing (state, version, cursor, time)
-    promotions.jsonl             local: one line per event (promoted / rejected / rolled_back /
-                                 error / pinned / unpinned / pruned), each with when, from, to
-                                 and why
-    promotions/<ns>-<id>.json    object stores: one object per event (there is no append)
-    .lock                        local: advisory lock serialising pointer changes and pruning
+A registry lives on any filesystem `freshrank.core.storage` resolves (a local path, ``file://``,
+``s3://bucket/prefix``, ``gs://bucket/prefix``); the names under its root are
+`freshrank.registry.layout`'s.
 
 What is atomic where:
 
@@ -64,12 +46,19 @@ import torch
 
 from freshrank.core.serialization import arrays_from_npz
 from freshrank.core.storage import StorageBacked, StorageOptions
+from freshrank.registry.layout import (
+    CHAMPION,
+    LOCK,
+    MANIFEST,
+    MANIFEST_DIGEST,
+    PINNED,
+    PROMOTIONS_DIR,
+    PROMOTIONS_LOG,
+    TRAINER,
+    VERSIONS_DIR,
+    version_dir,
+)
 
-MANIFEST = "manifest.json"
-MANIFEST_DIGEST = "manifest.json.sha256"
-VERSIONS_DIR = "versions"
-PROMOTIONS_LOG = "promotions.jsonl"
-PROMOTIONS_DIR = "promotions"
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
 _RESERVED_NAMES = frozenset({MANIFEST, MANIFEST_DIGEST})
 _STALE_TMP_S = 3600.0
@@ -218,7 +207,7 @@ class Registry(StorageBacked):
                     f"champion is v{previous}, expected v{expected}: not promoting v{version}"
                 )
             record = {"version": int(version), "promoted_at": time.time(), "reason": reason}
-            self._storage.write_atomic("CHAMPION", json.dumps(record).encode())
+            self._storage.write_atomic(CHAMPION, json.dumps(record).encode())
             fields = {"to_version": int(version), "from_version": previous, "reason": reason}
             self.log_event(kind, **fields, **(details or {}))
 
@@ -276,14 +265,14 @@ class Registry(StorageBacked):
             self.verify(version)
             previous = self.pinned_version()
             record = {"version": int(version), "pinned_at": time.time(), "reason": reason}
-            self._storage.write_atomic("PINNED", json.dumps(record).encode())
+            self._storage.write_atomic(PINNED, json.dumps(record).encode())
             self.log_event("pinned", to_version=int(version), from_version=previous, reason=reason)
 
     def unpin(self, reason: str = "") -> int | None:
         """Remove the pin (serving follows the champion again); returns the version it named."""
         with self._locked():
             previous = self.pinned_version()
-            self._storage.delete("PINNED")
+            self._storage.delete(PINNED)
             if previous is not None:
                 self.log_event(
                     "unpinned",
@@ -368,7 +357,7 @@ class Registry(StorageBacked):
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
         os.makedirs(self._storage.root, exist_ok=True)
-        with open(self._storage.path(".lock"), "a+b") as handle:
+        with open(self._storage.path(LOCK), "a+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -378,12 +367,12 @@ class Registry(StorageBacked):
     def write_trainer_status(self, status: Mapping[str, Any]) -> None:
         """Record what the trainer is doing (``TRAINER``: state, version, cursor, time)."""
         record = {**status, "at": time.time(), "pid": os.getpid()}
-        self._storage.write_atomic("TRAINER", json.dumps(record).encode())
+        self._storage.write_atomic(TRAINER, json.dumps(record).encode())
 
     def trainer_status(self) -> dict[str, Any] | None:
         """The trainer's last recorded status, or None when no trainer has run here."""
         try:
-            return json.loads(self._storage.read("TRAINER"))
+            return json.loads(self._storage.read(TRAINER))
         except FileNotFoundError:
             return None
 
@@ -401,20 +390,20 @@ class Registry(StorageBacked):
 
     def champion_version(self) -> int | None:
         """The version the champion pointer names, or None before the first promotion."""
-        return self._read_pointer("CHAMPION")
+        return self._read_pointer(CHAMPION)
 
     def champion_record(self) -> dict[str, Any] | None:
         """The champion pointer as :meth:`set_champion` wrote it (``version``, ``promoted_at``,
         ``reason``), or None before the first promotion."""
         try:
-            record = json.loads(self._storage.read("CHAMPION"))
+            record = json.loads(self._storage.read(CHAMPION))
         except FileNotFoundError:
             return None
         return record if isinstance(record, dict) else None
 
     def pinned_version(self) -> int | None:
         """The version pinned with :meth:`pin`, or None."""
-        return self._read_pointer("PINNED")
+        return self._read_pointer(PINNED)
 
     def serving_target(self) -> int | None:
         """What serving replicas should serve: the pinned version if any, else the champion."""
@@ -524,7 +513,7 @@ class Registry(StorageBacked):
 
     # ----- helpers ---------------------------------------------------------------------------
     def _version_name(self, version: int) -> str:
-        return f"{VERSIONS_DIR}/v{int(version):06d}"
+        return version_dir(version)
 
     def _version_path(self, version: int) -> Path | str:
         name = self._version_name(version)

@@ -56,9 +56,6 @@ _log = logging.getLogger(__name__)
 MAX_PENDING_ROWS = 1 << 16
 """Scores kept unbinned before the request path bins them itself (no tick for a while)."""
 
-CHAMPION_POINTER = "CHAMPION"
-"""The registry file naming the champion: ``{"version", "promoted_at", "reason"}``."""
-
 
 def champion_record(registry: Registry) -> dict[str, Any] | None:
     """The champion pointer record as written by ``Registry.set_champion``, or None."""
