@@ -16,7 +16,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from freshrank.core.storage import COMMIT_MARKER, Storage, StorageOptions, is_uri, resolve
+from freshrank.core.locations import StorageOptions, is_uri, resolve
+from freshrank.core.storage import COMMIT_MARKER, Storage
 from freshrank.ops.runtime import free_port
 
 _S3_ENV = {

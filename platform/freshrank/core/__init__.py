@@ -20,7 +20,8 @@ from freshrank.core.catalogue import (
     catalogue_markdown,
     metric_spec,
 )
-from freshrank.core.storage import Storage, StorageBacked, StorageOptions, StoredFile
+from freshrank.core.locations import StorageOptions, is_uri, resolve
+from freshrank.core.storage import Storage, StorageBacked, StoredFile
 from freshrank.core.telemetry import (
     GaugeFunction,
     NullTelemetry,
@@ -56,6 +57,8 @@ __all__ = [
     "TelemetryServer",
     "catalogue_markdown",
     "default_telemetry",
+    "is_uri",
     "metric_spec",
+    "resolve",
     "serve_prometheus_client",
 ]

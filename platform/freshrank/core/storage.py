@@ -54,46 +54,29 @@ import hashlib
 import os
 import posixpath
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+from freshrank.core.local_files import (
+    TMP_PREFIX,
+    fsync_dir,
+    local_temp_file,
+    publish_local_dir,
+    write_local_atomic,
+)
+from freshrank.core.locations import StorageOptions, is_uri, resolve
 
 COMMIT_MARKER = "_COMMITTED"
 """Default marker file of :meth:`Storage.publish_dir`: written last, its presence publishes."""
 
-TMP_PREFIX = ".tmp-"
-"""Names of in-flight local writes; :meth:`Storage.list` never shows them."""
-
 _TRASH_PREFIX = f"{TMP_PREFIX}trash-"
 """Local directories being deleted (renamed out of sight first)."""
-
-
-@dataclass(frozen=True)
-class StorageOptions:
-    """How to reach a store (only what a URI cannot say)."""
-
-    s3_endpoint: str | None = None
-    """S3-compatible endpoint, e.g. ``http://127.0.0.1:9000``; None: ``$AWS_ENDPOINT_URL_S3``,
-    ``$AWS_ENDPOINT_URL``, else AWS itself."""
-    s3_region: str | None = None
-    """S3 region; None: the SDK's default (``$AWS_DEFAULT_REGION``...), or ``us-east-1`` with an
-    endpoint override (S3-compatible stores ignore it)."""
-
-    def __post_init__(self) -> None:
-        if self.s3_endpoint is not None:
-            parsed = urlparse(self.s3_endpoint)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
-                raise ValueError(
-                    f"s3_endpoint must look like http://host:port or https://host, got "
-                    f"{self.s3_endpoint!r}"
-                )
 
 
 @dataclass(frozen=True)
@@ -107,64 +90,6 @@ class StoredFile:
     size: int
     mtime: float | None
     is_dir: bool
-
-
-def is_uri(location: str | os.PathLike[str]) -> bool:
-    """Whether ``location`` is a URI (``s3://...``, ``file://...``) rather than a plain path.
-
-    >>> is_uri("s3://bucket/x"), is_uri("/data/fr"), is_uri("rel/dir"), is_uri("file:///d")
-    (True, False, False, True)
-    """
-    scheme = urlparse(os.fspath(location)).scheme
-    return len(scheme) > 1  # a one-letter scheme is a Windows drive letter
-
-
-def resolve(
-    location: str | os.PathLike[str], options: StorageOptions | None = None
-) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem of ``location`` and the path inside it (no trailing slash).
-
-    Nothing is contacted: S3 filesystems are built from the options and the environment, not by
-    asking AWS for the bucket's region.
-
-    >>> fs, path = resolve("file:///data/fr/landing")
-    >>> fs.type_name, path
-    ('local', '/data/fr/landing')
-    >>> fs, path = resolve("s3://bucket/fr/", StorageOptions(s3_endpoint="http://127.0.0.1:9000"))
-    >>> fs.type_name, path
-    ('s3', 'bucket/fr')
-    """
-    options = options or StorageOptions()
-    text = os.fspath(location)
-    if not text:
-        raise ValueError("storage location must be a non-empty path or URI")
-    scheme = urlparse(text).scheme
-    if not is_uri(text):  # a plain path (or a Windows drive letter)
-        return pafs.LocalFileSystem(), os.path.abspath(text)
-    if scheme == "s3" and "?" not in text:
-        parsed = urlparse(text)
-        if not parsed.netloc:
-            raise ValueError(f"S3 URI needs a bucket: s3://bucket/prefix, got {text!r}")
-        path = (parsed.netloc + parsed.path).rstrip("/")
-        return _s3_filesystem(options), path
-    fs, path = pafs.FileSystem.from_uri(text)
-    return fs, path.rstrip("/") or path
-
-
-def _s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
-    endpoint = (
-        options.s3_endpoint
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-    )
-    kwargs: dict[str, Any] = {}
-    if options.s3_region:
-        kwargs["region"] = options.s3_region
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
-        kwargs.setdefault("region", "us-east-1")
-    return pafs.S3FileSystem(**kwargs)
 
 
 class Storage:
@@ -271,14 +196,14 @@ class Storage:
                 path = self.path(name)
                 directory = os.path.dirname(path)
                 if tmp is None:
-                    tmp = _local_temp_file(directory, data)
+                    tmp = local_temp_file(directory, data)
                 os.makedirs(directory, exist_ok=True)
                 try:
                     os.link(tmp, path)  # FileExistsError when the name is taken, even in a race
                 except FileExistsError:
                     continue
                 st = os.stat(tmp)  # same inode as the published file, which a reader may move
-                _fsync_dir(directory)
+                fsync_dir(directory)
                 return StoredFile(
                     os.path.basename(path), path, st.st_size, st.st_mtime_ns / 1e9, False
                 )
@@ -303,7 +228,7 @@ class Storage:
         ordered.append((marker, files.get(marker, b"")))
         final = self.path(target)
         if self.is_local:
-            _local_publish_dir(final, ordered)
+            publish_local_dir(final, ordered)
             return
         if self._info(posixpath.join(final, marker)).type != pafs.FileType.NotFound:
             raise FileExistsError(f"{self.uri}/{target} is already published")
@@ -473,8 +398,8 @@ class Storage:
         if self.is_local:
             os.makedirs(os.path.dirname(dst_path), exist_ok=True)
             os.rename(src_path, dst_path)  # raises FileNotFoundError when src is gone
-            _fsync_dir(os.path.dirname(dst_path))
-            _fsync_dir(os.path.dirname(src_path))
+            fsync_dir(os.path.dirname(dst_path))
+            fsync_dir(os.path.dirname(src_path))
             return
         if self._info(src_path).type != pafs.FileType.File:
             raise FileNotFoundError(f"{self.uri}/{src} does not exist")
@@ -513,7 +438,7 @@ class Storage:
                 os.rename(path, trash)
             except FileNotFoundError:
                 return
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
             shutil.rmtree(trash, ignore_errors=True)
             return
         if self._info(path).type == pafs.FileType.NotFound:
@@ -560,84 +485,6 @@ def _stored_file(info: pafs.FileInfo) -> StoredFile:
         mtime=None if mtime_ns is None else mtime_ns / 1e9,
         is_dir=is_dir,
     )
-
-
-# --------------------------------------------------------------------------------- local helpers
-
-
-def write_local_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace the local file ``path`` with ``data``: temp file in the same directory, fsync,
-    ``rename`` over, fsync the directory (missing parent directories are created).
-
-    The one implementation behind :meth:`Storage.write_atomic` on local filesystems, for
-    callers that hold a plain path.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = _local_temp_file(directory, data)
-    try:
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _local_temp_file(directory: str, data: bytes) -> str:
-    """A fsynced ``.tmp-*`` file holding ``data`` in ``directory`` (created if needed)."""
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _local_publish_dir(final: str, ordered: list[tuple[str, bytes]]) -> None:
-    parent = os.path.dirname(final)
-    if os.path.lexists(final):
-        raise FileExistsError(f"{final} exists")
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}")
-    os.mkdir(tmp)
-    try:
-        for name, data in ordered:
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError as exc:  # ENOTEMPTY / EEXIST: another writer published it first
-            if os.path.lexists(final):
-                raise FileExistsError(f"{final} exists") from exc
-            raise
-        _fsync_dir(parent)
-    finally:
-        if os.path.isdir(tmp):
-            for name in os.listdir(tmp):
-                os.unlink(os.path.join(tmp, name))
-            os.rmdir(tmp)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a directory's entries durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class StorageBacked:
