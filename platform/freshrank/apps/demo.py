@@ -30,8 +30,8 @@ from freshrank.ops.runtime import (
     ServeIngress,
     current_metrics_url,
     init_ray,
-    scrape_freshrank_metrics,
 )
+from freshrank.ops.scrape import scrape_freshrank_metrics
 from freshrank.registry.store import Registry
 from freshrank.serving.client import RankingClient
 

@@ -218,31 +218,3 @@ def current_metrics_url() -> str | None:
         if node.get("NodeID") == node_id and node.get("MetricsExportPort"):
             return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
     return None
-
-
-def scrape_freshrank_metrics(url: str, timeout_s: float = 2.0) -> dict[str, float]:
-    """Read the ``freshrank_`` series from a Prometheus text endpoint.
-
-    Ray's ``ray_`` prefix is removed; series of one metric from several processes (Ray's
-    ``WorkerId`` label) are summed for counters and histogram counts, and the largest value is
-    kept for gauges. Returns {} when the endpoint does not answer.
-    """
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        text = httpx.get(url, timeout=timeout_s).text
-    except httpx.HTTPError:
-        return {}
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        name = family.name.removeprefix("ray_")
-        if not name.startswith("freshrank_"):
-            continue
-        for sample in family.samples:
-            key = sample.name.removeprefix("ray_")
-            if family.type == "gauge":
-                out[key] = max(out.get(key, float("-inf")), sample.value)
-            elif family.type in ("counter", "histogram") and not key.endswith("_bucket"):
-                out[key] = out.get(key, 0.0) + sample.value
-    return out
