@@ -1,9 +1,9 @@
 """The load generator against a tiny loopback HTTP server (no Ray)."""
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from _loopback import serving
 from loadgen import LoadConfig, LoadGenerator, summarise
 
 
@@ -23,19 +23,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128  # listen backlog: 48 workers connect at once (the default is 5)
-
-
 @pytest.fixture(scope="module")
 def url():
-    server = _Server(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving(_Handler) as base:
+        yield base
 
 
 def test_closed_loop_is_bounded_by_count(url):

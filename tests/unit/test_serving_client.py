@@ -1,10 +1,10 @@
 """The endpoint client against a loopback HTTP server that answers like the ranking app."""
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from _loopback import serving
 
 from freshrank.serving.client import RankingClient
 
@@ -38,13 +38,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving(_Handler) as base:
+        yield base
 
 
 def test_an_answer_names_status_version_and_replica(url):
