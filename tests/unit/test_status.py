@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from freshrank.core import Telemetry, serve_prometheus_client
-from freshrank.drift.monitor import DriftReport, FeatureDrift, Statistic
+from freshrank.drift import DriftReport, FeatureDrift, Statistic
 from freshrank.events.landing import LandingZone
 from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.ops.runtime import free_port

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from freshrank.core.telemetry import RAY_PROMETHEUS_PREFIX, UPDATE_STAGES
-from freshrank.drift.monitor import DriftReport, FeatureDrift, Statistic
+from freshrank.drift import DriftReport, FeatureDrift, Statistic
 
 WINDOWS_SHOWN = 5
 """How many of the latest versions (windows) the status lists."""
