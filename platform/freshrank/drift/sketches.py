@@ -303,16 +303,6 @@ class BloomFilter:
         """Fraction of bits set."""
         return float(np.unpackbits(self.words).sum()) / self.bits
 
-    @property
-    def false_positive_rate(self) -> float:
-        """Estimated chance that a key never inserted is reported present (``fill**hashes``)."""
-        return self.fill**self.hashes
-
-    @property
-    def empty(self) -> bool:
-        """True when nothing was ever inserted."""
-        return not self.words.any()
-
     def same_layout(self, other: object) -> bool:
         """Whether ``other`` has the same bits, probes and salt (so the two can be merged)."""
         return isinstance(other, BloomFilter) and (other.bits, other.hashes, other.salt) == (
