@@ -3,8 +3,9 @@
 One contract suite (River style) runs every sketch through the same checks: merging parts is
 exactly the sketch of the whole, the same input gives the same result, an empty window changes
 nothing, inputs are not mutated, unseen ids do not crash, and the state round-trips through an
-``.npz`` without pickle. A second suite does the same for every statistic. Behaviour tests
-follow, with numbers.
+``.npz`` without pickle. A second suite does the same for every divergence on counts (the drift
+statistics themselves have theirs in test_drift_contract.py). Behaviour tests follow, with
+numbers.
 """
 
 from __future__ import annotations
@@ -338,7 +339,7 @@ def test_merge_refuses_another_layout():
 
 
 # ---------------------------------------------------------------------------------------------
-# Contract suite over every statistic
+# Contract suite over every divergence on counts
 
 
 STATISTICS = {

@@ -23,6 +23,7 @@ from enum import Enum
 import numpy as np
 import pytest
 
+from freshrank.core.catalogue import DRIFT_STATISTICS
 from freshrank.drift import (
     STATISTICS,
     DriftMonitor,
@@ -302,6 +303,8 @@ def coverage_gaps(
 def test_every_statistic_has_a_contract_case():
     assert coverage_gaps(STATISTICS, CASES, Statistic) == {}
     assert [s.kind for s in STATISTICS] == list(Statistic) == list(CASES)
+    # The telemetry catalogue (core, below drift) lists the alarm's statistic tag values.
+    assert DRIFT_STATISTICS == tuple(s.name for s in STATISTICS)
 
 
 def test_the_coverage_check_fails_for_a_statistic_registered_without_a_case():
