@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from freshrank.drift.monitor import (
+from freshrank.drift import (
     DriftMonitor,
     DriftReport,
     DriftThresholds,

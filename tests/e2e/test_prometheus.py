@@ -31,7 +31,7 @@ class TrainerStandIn:
 
     def run(self, windows: int, shift_at: int) -> dict[str, Any]:
         from freshrank.core import UPDATE_STAGES, Telemetry
-        from freshrank.drift.monitor import DriftMonitor
+        from freshrank.drift import DriftMonitor
         from freshrank.events.simulator import Simulator, SimulatorConfig
         from freshrank.features.encode import FeatureConfig, encode, num_rows
 

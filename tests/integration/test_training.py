@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from freshrank.drift.monitor import DriftMonitor
+from freshrank.drift import DriftMonitor
 from freshrank.events.landing import LandingZone
 from freshrank.events.produce import ProducerConfig, run_producer
 from freshrank.learn import TrainConfig, run_training

@@ -3,8 +3,9 @@
 One contract suite (River style) runs every sketch through the same checks: merging parts is
 exactly the sketch of the whole, the same input gives the same result, an empty window changes
 nothing, inputs are not mutated, unseen ids do not crash, and the state round-trips through an
-``.npz`` without pickle. A second suite does the same for every statistic. Behaviour tests
-follow, with numbers.
+``.npz`` without pickle. A second suite does the same for every divergence on counts (the drift
+statistics themselves have theirs in test_drift_contract.py). Behaviour tests follow, with
+numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from freshrank.core import Telemetry
-from freshrank.drift.monitor import (
+from freshrank.drift import (
     DriftMonitor,
     DriftReport,
     DriftSource,
@@ -33,19 +34,10 @@ from freshrank.drift.monitor import (
     Statistic,
     WindowSketch,
     compare,
-    profile_from_npz_bytes,
-    profile_npz_bytes,
 )
-from freshrank.drift.sketches import (
-    BloomFilter,
-    ConditionalCounts,
-    HashedCounts,
-    NumericHistogram,
-    js_divergence,
-    linf_distance,
-    psi,
-    top_k_distributions,
-)
+from freshrank.drift.divergences import js_divergence, linf_distance, psi, top_k_distributions
+from freshrank.drift.profile import profile_from_npz_bytes, profile_npz_bytes
+from freshrank.drift.sketches import BloomFilter, ConditionalCounts, HashedCounts, NumericHistogram
 
 # Small tables keep every test well under a second.
 SMALL = SketchConfig(
@@ -85,6 +77,10 @@ def encoded_rows(seed: int, n: int = 400, users: int = 50, categories: int = 8) 
 
 def take(rows: dict, index: Any) -> dict:
     return {k: v[index] for k, v in rows.items()}
+
+
+NO_ROWS = take(encoded_rows(0), slice(0, 0))
+"""Encoded rows of an empty window."""
 
 
 def reference_for_tests() -> ReferenceProfile:
@@ -343,7 +339,7 @@ def test_merge_refuses_another_layout():
 
 
 # ---------------------------------------------------------------------------------------------
-# Contract suite over every statistic
+# Contract suite over every divergence on counts
 
 
 STATISTICS = {
@@ -662,7 +658,7 @@ def test_trainer_monitor_exports_every_judged_statistic_and_counts_alarms():
     judged = [e for e in report.entries if e.value is not None and e.threshold is not None]
     assert len(alarms) == len([e for e in judged if e.statistic is not Statistic.LINF])
     # An empty window exports nothing new.
-    monitor.check(monitor.empty_sketch())
+    monitor.check(monitor.sketch(NO_ROWS))
     assert scrape(registry) == samples
 
 
@@ -671,7 +667,7 @@ def test_serving_monitor_exports_only_score_drift():
     monitor = DriftMonitor(
         REFERENCE, Telemetry.for_prometheus_client(registry), LOOSE, source=DriftSource.SERVING
     )
-    window = monitor.empty_sketch()
+    window = monitor.sketch(NO_ROWS)
     assert not window.track_ids
     window.update(encoded_rows(96), scores=np.full(400, 5.0), labelled=False)
     report = monitor.check(window)
@@ -687,7 +683,7 @@ def test_monitor_absorb_moves_the_reference_on():
     monitor.absorb(window)
     assert monitor.reference.windows_absorbed == 1
     assert monitor.reference.rows == 400
-    monitor.absorb(monitor.empty_sketch())
+    monitor.absorb(monitor.sketch(NO_ROWS))
     assert monitor.reference.windows_absorbed == 1
 
 
@@ -753,7 +749,7 @@ def test_monitor_judges_small_windows_together():
         sketches.append(monitor.sketch(rows))
         reports.append(monitor.check(sketches[-1]))
         if len(reports) == 1:
-            assert monitor.check(monitor.empty_sketch()).rows == 0  # changes nothing
+            assert monitor.check(monitor.sketch(NO_ROWS)).rows == 0  # changes nothing
         monitor.absorb(sketches[-1])
     assert [r.rows for r in reports] == [400, 800, 1200]
     assert all(e.value is None for r in reports[:2] for e in r.entries)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from freshrank.core import CATALOGUE, MetricKind
-from freshrank.drift.monitor import DriftThresholds
+from freshrank.drift import DriftThresholds
 
 PROM_DIR = Path(__file__).resolve().parents[2] / "cluster" / "prometheus"
 CONFIG = PROM_DIR / "prometheus.yml"

@@ -10,7 +10,7 @@ import torch
 
 from freshrank.core.serialization import arrays_from_npz, npz_bytes
 from freshrank.core.telemetry import Telemetry, TelemetryBackend
-from freshrank.drift.monitor import DriftMonitor, DriftSource
+from freshrank.drift import DriftMonitor, DriftSource
 from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.features.encode import FeatureConfig, encode
 from freshrank.model.config import RankerConfig

@@ -6,28 +6,89 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 from prometheus_client import CollectorRegistry
 
 from freshrank.core import Telemetry, serve_prometheus_client
-from freshrank.drift.monitor import DriftReport, FeatureDrift, Statistic
+from freshrank.core.serialization import arrays_from_npz, npz_bytes
+from freshrank.drift import DriftMonitor, DriftThresholds, Statistic
 from freshrank.events.landing import LandingZone
 from freshrank.events.simulator import Simulator, SimulatorConfig
+from freshrank.features.encode import FeatureConfig, encode
+from freshrank.model.config import RankerConfig
 from freshrank.ops.runtime import free_port
 from freshrank.ops.status import collect_status, histogram_quantile, render_status
+from freshrank.registry.checkpoint import DRIFT_FILE, save_checkpoint
 from freshrank.registry.store import Registry
 
 
-def drift_report() -> DriftReport:
-    return DriftReport(
-        rows=2000,
-        reference_rows=8000,
-        entries=(
-            FeatureDrift("price", Statistic.PSI, 0.01, 0.2),
-            FeatureDrift("user_category", Statistic.SURPRISE, 0.91, 0.3, alarm=True),
-            FeatureDrift("query", Statistic.JS, 0.02, 0.05),
-            FeatureDrift("user", Statistic.UNSEEN_RATE, None, None),
-        ),
+def drift_windows(n: int, shift_before: int | None = None, requests: int = 200) -> list:
+    """A trainer's drift monitor over ``n`` simulated windows (a planted shift before window
+    ``shift_before``): ``(monitor state, drift_alarms)`` after each, as the trainer computes
+    them (check the window, then absorb it; the manifest lists its alarms)."""
+    sim = Simulator(SimulatorConfig(seed=1, n_users=300))
+    monitor = DriftMonitor(thresholds=DriftThresholds(min_rows=1500, warmup_windows=2))
+    out = []
+    for i in range(n):
+        if i == shift_before:
+            sim.planted_shift()  # every user's interests move to other categories
+        window = monitor.sketch(encode(sim.generate(requests), FeatureConfig()))
+        report = monitor.check(window)
+        monitor.absorb(window)
+        alarms = [f"{a.feature}/{a.statistic.value}" for a in report.alarms]  # as train.py
+        out.append((npz_bytes(monitor.state_dict(), compressed=True), alarms))
+    return out
+
+
+def checkpoint(registry: Registry, i: int, now: float, drift: tuple | None) -> int:
+    """Publish window ``i`` through the trainer's writer (`save_checkpoint`), with the
+    manifest keys and metrics that `learn.train` writes."""
+    manifest = {
+        "parent": i - 1 or None,
+        "cursor": i,
+        "shards": [i],
+        "shard_landed_at": {str(i): now - 30.0},
+        "quarantined": [],
+        "rows_dropped": 0,
+        "window_events": 1000 * i,
+        "events_trained": 1000 * i * (i + 1) // 2,
+        "window_index": i,
+        "watermark": now - 120.0,
+        "metrics": {
+            "loss": 0.4,
+            "eval_auc": 0.6 + 0.05 * i,
+            "eval_logloss": 0.5 - 0.01 * i,
+            "eval_ctr": 0.1,
+            "eval_gauc": 0.55,
+            "eval_ndcg10": 0.3,
+        },
+        "timings": {
+            "read_s": 0.1 * i,
+            "eval_s": 0.02,
+            "drift_s": 0.01,
+            "train_s": 1.0 + i,
+            "compute_s": 0.9 + i,
+        },
+        "stage_times": {"read_at": now - 20.0, "trained_at": now - 10.0},
+        "drift_alarms": drift[1] if drift is not None else [],
+        "world_size": 1,
+        "trained_at": now - 10.0,
+    }
+    extra = {DRIFT_FILE: drift[0]} if drift is not None else {}
+    info = save_checkpoint(
+        registry,
+        RankerConfig(),
+        {"w": torch.zeros(1)},
+        None,
+        {},
+        manifest,
+        extra_files=extra,
     )
+    return info.version
+
+
+DRIFT = drift_windows(7, shift_before=6)
+"""Seven windows; the trainer's versions 1-3 are the last three (the shift before the last)."""
 
 
 @pytest.fixture
@@ -36,24 +97,8 @@ def line(tmp_path):
     now = time.time()
     registry = Registry(tmp_path / "registry")
     for i in (1, 2, 3):
-        manifest = {
-            "cursor": i,
-            "window_index": i,
-            "window_events": 1000 * i,
-            "watermark": now - 120.0,
-            "metrics": {"eval_auc": 0.6 + 0.05 * i, "eval_logloss": 0.5 - 0.01 * i, "loss": 0.4},
-            "timings": {
-                "read_s": 0.1 * i,
-                "eval_s": 0.02,
-                "train_s": 1.0 + i,
-                "checkpoint_s": 0.05,
-            },
-            "shard_landed_at": {str(i): now - 30.0},
-        }
-        if i == 3:
-            manifest["drift"] = drift_report().to_dict()
-        info = registry.publish({"model.pt": b"weights"}, manifest)
-        registry.set_champion(info.version, reason="window metrics finite")
+        version = checkpoint(registry, i, now, DRIFT[3 + i])
+        registry.set_champion(version, reason="window metrics finite")
     registry.log_event("rejected", to_version=2, from_version=3, reason="auc fell")
     registry.write_trainer_status({"state": "ready", "version": 3, "cursor": 3})
 
@@ -99,8 +144,12 @@ def test_collect_status_reads_registry_landing_and_metrics(line, endpoint):
     assert [w.version for w in status.windows] == [1, 2, 3]
     assert [w.auc for w in status.windows] == pytest.approx([0.65, 0.70, 0.75])
     assert status.windows[-1].events == 3000
-    assert status.drift_version == 3 and status.drift.alarm
+    # Drift: the report the trainer's monitor kept in v3's drift.npz, for v3's own window, and
+    # the alarms v3's manifest lists are that report's.
+    assert status.drift_version == 3 and status.drift.alarm and status.drift_windows_since == 0
     assert status.drift.leaders(1)[0].feature == "user_category"
+    assert status.drift_alarms == ("user_category/surprise",) == tuple(DRIFT[6][1])
+    assert status.drift == DriftMonitor.from_state(arrays_from_npz(DRIFT[6][0])).last_report
     assert status.backlog_shards == 2  # shards 4 and 5 after the trainer's cursor 3
     assert status.quarantined == (
         ("shard-000000000006.parquet", "not readable as parquet: magic bytes missing"),
@@ -134,7 +183,13 @@ def test_render_status_shows_each_part(line, endpoint):
     assert any("backlog 2 shard(s), 1 quarantined" in ln for ln in lines)
     assert any(ln.split()[:5] == ["v3", "3", "3000", "0.7500", "0.4700"] for ln in lines)
     assert any(ln.startswith("drift           ALARM in v3's window") for ln in lines)
-    assert any("ALARM user_category" in ln and "+0.910 nats" in ln for ln in lines)
+    surprise = collect_status(str(registry.root), None, None).drift.get(
+        "user_category", Statistic.SURPRISE
+    )
+    assert surprise.value > 0.5  # the planted shift: every user left their categories
+    assert any(
+        "ALARM user_category" in ln and f"{surprise.value:+.3f} nats" in ln for ln in lines
+    ), lines
     assert any(
         ln.startswith("promotions (1h) 3 promoted, 1 rejected; last: rejected v2") for ln in lines
     )
@@ -159,3 +214,35 @@ def test_histogram_quantile_matches_prometheus():
     assert histogram_quantile(1.0, buckets) == 2.0
     assert histogram_quantile(0.5, {1.0: 0, float("inf"): 0}) is None
     assert histogram_quantile(0.99, {1.0: 1, float("inf"): 5}) == 1.0
+
+
+def test_status_says_when_the_newest_windows_were_not_judged_yet(tmp_path):
+    """Windows below min_rows wait for the next ones: v2's drift.npz holds v1's report."""
+    registry = Registry(tmp_path / "registry")
+    now = time.time()
+    small = drift_windows(5, requests=80)  # 800 rows each: judged in pairs (min_rows 1500)
+    checkpoint(registry, 1, now, small[3])  # windows 2 and 3, judged together
+    checkpoint(registry, 2, now, small[4])  # window 4, kept for the next
+    status = collect_status(str(registry.root), None, None)
+    monitor = DriftMonitor.from_state(arrays_from_npz(small[4][0]))
+    assert monitor.windows_since_report == 1 and status.drift_windows_since == 1
+    assert status.drift == monitor.last_report and status.drift.rows == 1600
+    text = render_status(status)
+    assert "in the last judged window, 1 before v2's (1600 rows" in text
+
+
+def test_status_falls_back_on_the_manifests_alarms(tmp_path):
+    """A drift.npz without a report (an older trainer's): the manifest's alarms are shown."""
+    registry = Registry(tmp_path / "registry")
+    state = arrays_from_npz(DRIFT[6][0])
+    older = {k: v for k, v in state.items() if not k.startswith("monitor/")}
+    checkpoint(registry, 1, time.time(), (npz_bytes(older, compressed=True), DRIFT[6][1]))
+    status = collect_status(str(registry.root), None, None)
+    assert status.drift is None and status.drift_alarms == ("user_category/surprise",)
+    text = render_status(status)
+    assert "ALARM in v1's window: user_category/surprise (its manifest)" in text
+    # A newer version without drift (TrainConfig.drift off: no drift.npz, no alarms) leaves the
+    # newest drift the trainer wrote in view.
+    checkpoint(registry, 2, time.time(), None)
+    status = collect_status(str(registry.root), None, None)
+    assert status.drift_version == 1 and status.drift_alarms == ("user_category/surprise",)

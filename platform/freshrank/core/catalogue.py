@@ -409,7 +409,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "seconds",
         REQUEST_LATENCY_BUCKETS,
     ),
-    # --- drift (see monitor/drift.py) ----------------------------------------------------
+    # --- drift (see freshrank/drift/) ------------------------------------------------------
     _gauge(
         "freshrank_drift_psi",
         "Population stability index of a numeric feature in the latest window vs the reference.",
@@ -462,7 +462,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "freshrank_drift_alarm",
         MetricKind.GAUGE,
         "1 when the latest window's drift statistic of a feature is over its threshold, else 0 "
-        "(thresholds: monitor.drift.DriftThresholds).",
+        "(thresholds: freshrank.drift.DriftThresholds).",
         "1",
         ("feature", "statistic"),
         None,

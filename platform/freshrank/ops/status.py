@@ -19,10 +19,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from freshrank.core.telemetry import RAY_PROMETHEUS_PREFIX, UPDATE_STAGES
-from freshrank.drift.monitor import DriftReport, FeatureDrift, Statistic
+from freshrank.drift import DriftReport, FeatureDrift, get_statistic
+
+if TYPE_CHECKING:
+    from freshrank.registry.store import Registry
 
 WINDOWS_SHOWN = 5
 """How many of the latest versions (windows) the status lists."""
@@ -103,6 +106,10 @@ class Status:
     backlog_shards: int | None = None
     quarantined: tuple[tuple[str, str], ...] = ()
     metrics: LiveMetrics | None = None
+    drift_windows_since: int = 0
+    """Windows checked after the one `drift` judged (0: its own; small ones wait for more)."""
+    drift_alarms: tuple[str, ...] = ()
+    """``feature/statistic`` alarms of ``drift_version``'s window, from its manifest."""
 
     @property
     def champion_age_s(self) -> float | None:
@@ -152,11 +159,7 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         )
 
     windows = tuple(_window(v, m) for v, m in sorted(manifests.items()))
-    drift, drift_version = None, None
-    for v in sorted(manifests, reverse=True):
-        if isinstance(manifests[v].get("drift"), Mapping):
-            drift, drift_version = DriftReport.from_dict(manifests[v]["drift"]), v
-            break
+    drift, drift_version, drift_since, drift_alarms = _latest_drift(registry, manifests)
 
     recent = [p for p in promotions if _float(p.get("at")) and now - float(p["at"]) <= 3600]
     counts: dict[str, int] = {}
@@ -193,6 +196,8 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         backlog_shards=backlog,
         quarantined=quarantined,
         metrics=live,
+        drift_windows_since=drift_since,
+        drift_alarms=drift_alarms,
     )
 
 
@@ -248,11 +253,14 @@ def render_status(status: Status) -> str:
             )
 
     if status.drift is not None:
-        report = status.drift
-        state = "ALARM" if report.alarm else "ok"
-        add(_kv("drift", f"{state} in v{status.drift_version}'s window ({report.rows} rows)"))
+        report, v, since = status.drift, status.drift_version, status.drift_windows_since
+        where = f"v{v}'s window" if since == 0 else f"the last judged window, {since} before v{v}'s"
+        add(_kv("drift", f"{'ALARM' if report.alarm else 'ok'} in {where} ({report.rows} rows)"))
         for e in report.leaders(DRIFT_LEADERS):
             add("  " + _drift_line(e))
+    elif status.drift_alarms:
+        alarms = ", ".join(status.drift_alarms)
+        add(_kv("drift", f"ALARM in v{status.drift_version}'s window: {alarms} (its manifest)"))
     elif status.metrics is not None and status.metrics.drift_alarms:
         alarms = ", ".join(f"{f} {s}" for f, s in status.metrics.drift_alarms)
         add(_kv("drift", f"ALARM (live): {alarms}"))
@@ -476,14 +484,37 @@ def _quantile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def _latest_drift(
+    registry: Registry,
+    manifests: Mapping[int, Mapping[str, Any]],
+) -> tuple[DriftReport | None, int | None, int, tuple[str, ...]]:
+    """The newest drift the trainer wrote, ``(report, version, windows since, alarms)``: the
+    monitor's last report from ``drift.npz``, and the manifest's ``drift_alarms``."""
+    from freshrank.drift import DriftMonitor
+    from freshrank.registry.checkpoint import DRIFT_FILE
+    from freshrank.registry.store import CorruptVersion
+
+    for v in sorted(manifests, reverse=True):
+        manifest = manifests[v]
+        alarms = tuple(str(a) for a in manifest.get("drift_alarms") or ())
+        if DRIFT_FILE in (manifest.get("files") or {}):
+            try:
+                state = registry.load_npz(registry.get(v), DRIFT_FILE)
+                monitor = DriftMonitor.from_state(state)
+            except (CorruptVersion, OSError, KeyError, ValueError):  # what the manifest says
+                monitor = None
+            if monitor is not None and monitor.last_report is not None:
+                return monitor.last_report, v, monitor.windows_since_report, alarms
+        if alarms:
+            return None, v, 0, alarms
+    return None, None, 0, ()
+
+
 def _drift_line(e: FeatureDrift) -> str:
     mark = "ALARM" if e.alarm else "     "
-    unit = " nats" if e.statistic is Statistic.SURPRISE else ""
-    value = (
-        f"{e.value:+.3f}"
-        if e.statistic in (Statistic.CTR_SHIFT, Statistic.SURPRISE)
-        else f"{e.value:.3f}"
-    )
+    stat = get_statistic(e.statistic)
+    unit = f" {stat.unit}" if stat.unit else ""
+    value = f"{e.value:+.3f}" if stat.signed else f"{e.value:.3f}"
     return (
         f"{mark} {e.feature:<14} {e.statistic.value:<12} {value}{unit} "
         f"(threshold {e.threshold:.3f})"

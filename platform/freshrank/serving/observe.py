@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from freshrank.core.telemetry import Telemetry
-from freshrank.drift.monitor import DriftMonitor, DriftSource, FeatureDrift
+from freshrank.drift import DriftMonitor, DriftSource, FeatureDrift
 from freshrank.drift.sketches import NumericHistogram
 from freshrank.registry.checkpoint import DRIFT_FILE, ServingModel
 from freshrank.registry.store import Registry
