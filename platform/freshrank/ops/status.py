@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from freshrank.core.telemetry import RAY_PROMETHEUS_PREFIX, UPDATE_STAGES
+from freshrank.core.telemetry import UPDATE_STAGES
 from freshrank.drift import DriftReport, FeatureDrift, get_statistic
+from freshrank.ops.scrape import ScrapeError, scrape_series
 
 if TYPE_CHECKING:
     from freshrank.registry.store import Registry
@@ -377,15 +378,10 @@ def _stages(
 
 
 def _live_metrics(url: str) -> LiveMetrics:
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
     try:
-        response = httpx.get(url, timeout=3.0)
-        response.raise_for_status()
-        families = list(text_string_to_metric_families(response.text))
-    except Exception as exc:  # unreachable, refused, not Prometheus text
-        return LiveMetrics(url=url, error=f"{type(exc).__name__}: {exc}"[:200])
+        series = scrape_series(url, timeout_s=3.0)
+    except ScrapeError as exc:  # unreachable, refused, not Prometheus text
+        return LiveMetrics(url=url, error=str(exc))
 
     served: dict[str, float] = {}
     freshness: dict[str, float] = {}
@@ -393,26 +389,24 @@ def _live_metrics(url: str) -> LiveMetrics:
     alarms: set[tuple[str, str]] = set()
     request_buckets: dict[float, float] = {}
     stage_buckets: dict[str, dict[float, float]] = {}
-    for family in families:
-        for sample in family.samples:
-            name = sample.name.removeprefix(RAY_PROMETHEUS_PREFIX)
-            labels = sample.labels
-            if name == "freshrank_served_model_version":
-                served[labels.get("replica", "?")] = sample.value
-            elif name == "freshrank_freshness_seconds":
-                freshness[labels.get("replica", "?")] = sample.value
-            elif name == "freshrank_requests_total":
-                status = labels.get("status", "?")
-                requests[status] = requests.get(status, 0.0) + sample.value
-            elif name == "freshrank_drift_alarm" and sample.value >= 1:
-                alarms.add((labels.get("feature", "?"), labels.get("statistic", "?")))
-            elif name == "freshrank_request_latency_seconds_bucket":
-                le = float(labels["le"])
-                request_buckets[le] = request_buckets.get(le, 0.0) + sample.value
-            elif name == "freshrank_stage_latency_seconds_bucket":
-                le = float(labels["le"])
-                b = stage_buckets.setdefault(labels.get("stage", "?"), {})
-                b[le] = b.get(le, 0.0) + sample.value
+    for sample in series:
+        name, labels = sample.name, sample.labels
+        if name == "freshrank_served_model_version":
+            served[labels.get("replica", "?")] = sample.value
+        elif name == "freshrank_freshness_seconds":
+            freshness[labels.get("replica", "?")] = sample.value
+        elif name == "freshrank_requests_total":
+            status = labels.get("status", "?")
+            requests[status] = requests.get(status, 0.0) + sample.value
+        elif name == "freshrank_drift_alarm" and sample.value >= 1:
+            alarms.add((labels.get("feature", "?"), labels.get("statistic", "?")))
+        elif name == "freshrank_request_latency_seconds_bucket":
+            le = float(labels["le"])
+            request_buckets[le] = request_buckets.get(le, 0.0) + sample.value
+        elif name == "freshrank_stage_latency_seconds_bucket":
+            le = float(labels["le"])
+            b = stage_buckets.setdefault(labels.get("stage", "?"), {})
+            b[le] = b.get(le, 0.0) + sample.value
     order = {s: i for i, s in enumerate(UPDATE_STAGES)}
     stages = tuple(
         StageLatency(
