@@ -25,8 +25,16 @@ import sys
 import time
 from pathlib import Path
 
+import experimental_strategies
 import numpy as np
 import pyarrow as pa
+from experimental_strategies import (
+    AnchorConfig,
+    AverageConfig,
+    DarkReplayConfig,
+    PairDistillConfig,
+    ShrinkConfig,
+)
 
 from freshrank.events.adapters.diginetica import (
     DigineticaConfig,
@@ -48,17 +56,7 @@ from freshrank.learn.backtest import (
     recovery_windows,
     run_backtest,
 )
-from freshrank.learn.strategies import (
-    AnchorConfig,
-    AverageConfig,
-    DarkReplayConfig,
-    EWCConfig,
-    ExemplarReplayConfig,
-    LwFConfig,
-    PairDistillConfig,
-    ReplayConfig,
-    ShrinkConfig,
-)
+from freshrank.learn.strategies import EWCConfig, ExemplarReplayConfig, LwFConfig, ReplayConfig
 from freshrank.model.config import RankerConfig
 
 ISSUE = "Issue 3 (strategies and backtests)"
@@ -101,7 +99,10 @@ DG_ARMS = (
 def _arms(names: list[str] | tuple[str, ...], args: argparse.Namespace) -> tuple[Arm, ...]:
     """Arms from names (:func:`arms_from_names`, tuned by the command line), where an LwF part
     may carry its own weight as ``lwf-a<alpha>`` (``lwf-a0.5``, ``exemplar-replay+lwf-a0.25``)
-    beside the ``lwf`` arm's ``--lwf-alpha``."""
+    beside the ``lwf`` arm's ``--lwf-alpha``. The experimental strategies
+    (``experimental_strategies``: dark-replay, average, anchor, shrink, pair-distill) are
+    registered first, so their names parse."""
+    experimental_strategies.register()
     arms = []
     for name in names:
         spec, _, passes = name.lower().partition(":")

@@ -7,8 +7,10 @@ import json
 import math
 from pathlib import Path
 
+import experimental_strategies
 import numpy as np
 import pytest
+from experimental_strategies import AverageConfig, DarkReplayConfig
 
 from freshrank.events.simulator import SimulatorConfig
 from freshrank.features.encode import FeatureConfig
@@ -20,13 +22,7 @@ from freshrank.learn.backtest import (
     arms_from_names,
     run_periods,
 )
-from freshrank.learn.strategies import (
-    AverageConfig,
-    CombinedConfig,
-    DarkReplayConfig,
-    LwFConfig,
-    ReplayConfig,
-)
+from freshrank.learn.strategies import CombinedConfig, LwFConfig, ReplayConfig
 from freshrank.model.config import RankerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,6 +177,7 @@ def test_arm_names_and_config_errors():
 
 
 def test_optimizer_reset_and_forward_only_rows_are_per_arm(periods):
+    experimental_strategies.register()  # dark replay is a bench strategy
     arms = (
         Arm("finetune"),
         Arm("finetune-reset", reset_optimizer=True),
@@ -200,6 +197,7 @@ def test_optimizer_reset_and_forward_only_rows_are_per_arm(periods):
 
 
 def test_arm_names_take_tuned_configs_of_any_strategy():
+    experimental_strategies.register()  # their names parse once bench registered them
     arms = arms_from_names(
         ["dark-replay", "lwf+average:3"],
         replay=ReplayConfig(capacity=7, mix_ratio=0.25),

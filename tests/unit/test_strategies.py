@@ -4,6 +4,9 @@ contract suite in test_strategy_contract.py)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -16,33 +19,32 @@ from freshrank.learn.replay import ReservoirBuffer
 from freshrank.learn.step import score_rows, train_step, train_window
 from freshrank.learn.strategies import (
     EWC,
-    Anchor,
-    AnchorConfig,
-    AverageConfig,
     BufferKind,
     CombinedConfig,
-    DarkReplay,
-    DarkReplayConfig,
     EWCConfig,
     EWCMode,
     ExemplarReplay,
     ExemplarReplayConfig,
     FineTune,
+    FineTuneConfig,
     LwF,
     LwFConfig,
-    PairDistill,
-    PairDistillConfig,
     Replay,
     ReplayConfig,
-    ShrinkConfig,
-    ShrinkPerturb,
+    Strategy,
+    StrategyConfig,
+    StrategyEntry,
     StrategyKind,
-    WeightAverage,
+    StrategyKnobs,
+    apply_knobs,
     bernoulli_kl,
     build_strategy,
+    default_registry,
+    library_registry,
     parse_strategy,
     reshard_state,
 )
+from freshrank.learn.strategies.base import derive_seed
 from freshrank.model.config import RankerConfig
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
@@ -220,9 +222,7 @@ def test_ewc_online_decays_old_importance():
 
 
 def _seed_of(ewc: EWC) -> int:
-    from freshrank.learn.strategies import _derive_seed
-
-    return _derive_seed(ewc.config.seed, 0)
+    return derive_seed(ewc.config.seed, 0)
 
 
 # ------------------------------------------------------------------------------------- LwF
@@ -336,25 +336,7 @@ def test_score_rows_is_eval_only_and_batched():
     assert relevance.shape == (200,)
 
 
-# ---------------------------------------------------- variants tried on DIGINETICA (issue 3)
-
-
-def test_dark_replay_records_the_model_probability_as_the_target():
-    model, rows = _model(), _rows()
-    probs = 1 / (1 + np.exp(-score_rows(model, rows, CPU)))
-    soft = DarkReplay(DarkReplayConfig(capacity=10_000, mix_ratio=1.0, hard_weight=0.0))
-    soft.after_window(model, rows)
-    held = soft.buffer.rows()
-    np.testing.assert_allclose(held["label"], probs, rtol=1e-5)
-    np.testing.assert_array_equal(held["item"], rows["item"])  # everything else as it came
-    assert soft.rows_scored == len(rows["label"])
-    assert len(soft.replay_rows(8)["label"]) == 8
-    mixed = DarkReplay(DarkReplayConfig(capacity=10_000, hard_weight=0.25))
-    mixed.after_window(model, rows)
-    np.testing.assert_allclose(
-        mixed.buffer.rows()["label"], 0.25 * rows["label"] + 0.75 * probs, rtol=1e-5
-    )
-    assert isinstance(mixed, Replay) and mixed.kind is StrategyKind.DARK_REPLAY
+# ------------------------------------------------------------------------ exemplar replay
 
 
 def _candidate(rows: dict[str, np.ndarray], i: int) -> tuple:
@@ -415,89 +397,110 @@ def test_exemplar_replay_config_explains_what_is_wrong():
     assert build_strategy(parse_strategy("exemplar-replay+lwf")).kind is StrategyKind.COMBINED
 
 
-def _two_steps(strategy, lr: float = 0.1):
-    """Train two SGD steps; return the start weights and the weights after each step."""
-    model, rows = _model(), _rows()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    batch = to_tensors(rows, CPU)
-    seen = [copy.deepcopy(model.state_dict())]
-    strategy.before_window(model, rows)
-    for _ in range(2):
-        train_step(model, optimizer, batch, strategy)
-        seen.append(copy.deepcopy(model.state_dict()))
-    strategy.after_window(model, rows)
-    return model, seen
+# ------------------------------------------------------------------------ registry and knobs
 
 
-def test_weight_average_leaves_the_ema_of_the_steps_and_interpolates_from_the_start():
-    model, (start, first, last) = _two_steps(WeightAverage(AverageConfig(decay=0.75)))
-    key = "over.mlp.0.weight"
-    assert not torch.equal(first[key], last[key])
-    torch.testing.assert_close(model.state_dict()[key], 0.75 * first[key] + 0.25 * last[key])
-    model, (start, first, last) = _two_steps(WeightAverage(AverageConfig(decay=0.0, keep=0.5)))
-    torch.testing.assert_close(model.state_dict()[key], 0.5 * start[key] + 0.5 * last[key])
-    model, (_, _, last) = _two_steps(WeightAverage(AverageConfig(decay=0.0)))
-    torch.testing.assert_close(model.state_dict()[key], last[key])  # no averaging: fine-tune
+def test_the_library_registry_holds_the_library_kinds_and_refuses_clashes():
+    reg = library_registry()
+    assert reg.kinds() == set(StrategyKind)
+    assert reg.names() == (
+        "finetune", "replay", "replay-balanced", "ewc", "ewc-separate", "lwf", "exemplar-replay",
+    )  # fmt: skip
+    lwf = reg.entry(StrategyKind.LWF)
+    reg.add(lwf)  # the same entry again: a no-op
+    reg.add(StrategyEntry("lwf", LwFConfig, LwF, {"lwf": LwFConfig()}))  # equal: a no-op too
+    with pytest.raises(ValueError, match="'lwf' is already registered for LwFConfig"):
+        reg.add(StrategyEntry("lwf", LwFConfig, LwF, {"lwf-hot": LwFConfig(temperature=4.0)}))
+    with pytest.raises(KeyError, match="no strategy kind 'sgd' registered"):
+        reg.entry("sgd")
+
+    @dataclass(frozen=True)
+    class PlainConfig(StrategyConfig):
+        kind: ClassVar[str] = "plain"
+
+    class Plain(Strategy):
+        kind = "plain"
+
+        def __init__(self, config: PlainConfig, rank: int = 0) -> None:
+            self.config = config
+
+    with pytest.raises(ValueError, match="strategy names already registered: replay"):
+        reg.add(StrategyEntry("plain", PlainConfig, Plain, {"replay": PlainConfig()}))
+    with pytest.raises(TypeError, match="not a strategy config of a registered kind"):
+        reg.build(PlainConfig())
+    mine = reg.copy()
+    mine.add(StrategyEntry("plain", PlainConfig, Plain, {"plain": PlainConfig()}))
+    assert isinstance(mine.build(mine.parse("plain")), Plain)
+    assert type(mine.build(mine.parse("plain+lwf")).parts[0]) is Plain
+    assert "plain" not in reg.kinds() and "plain" not in default_registry().kinds()
+    with pytest.raises(ValueError, match="unknown strategy 'plain'"):
+        parse_strategy("plain")
 
 
-def test_anchor_pulls_only_the_named_parameters_and_never_to_the_initialisation():
-    model, rows = _model(), _rows()
-    batch = to_tensors(rows, CPU)
-    anchor = Anchor(AnchorConfig(lam=2.0, prefixes=("over.",)))
-    anchor.before_window(model, rows)  # first window: trains freely
-    moved = _nudge(model)
-    assert _val(anchor.penalty(batch, moved(batch), moved)) == 0.0
-    anchor.after_window(model, rows)
-    anchor.before_window(model, rows)
-    assert _val(anchor.penalty(batch, model(batch), model)) == 0.0
-    expected = sum(
-        ((p - q) ** 2).sum()
-        for (k, p), q in zip(moved.named_parameters(), model.parameters(), strict=True)
-        if k.startswith("over.")
+def test_the_experimental_strategies_are_not_in_the_library():
+    import freshrank.learn.strategies as strategies
+
+    for name in (
+        "DarkReplay", "DarkReplayConfig", "WeightAverage", "AverageConfig", "Anchor",
+        "AnchorConfig", "ShrinkPerturb", "ShrinkConfig", "PairDistill", "PairDistillConfig",
+    ):  # fmt: skip
+        assert not hasattr(strategies, name), name
+    for name in ("dark-replay", "average", "anchor", "shrink", "pair-distill"):
+        with pytest.raises(ValueError, match=f"unknown strategy '{name}'"):
+            parse_strategy(name, registry=library_registry())
+    assert set(strategies.__all__) == {n for n in dir(strategies) if not n.startswith("_")} - {
+        "base", "combined", "ewc", "exemplar", "finetune", "knobs", "lwf", "registry", "replay",
+        "state",
+    }  # fmt: skip
+
+
+def test_knobs_reach_every_part_that_declares_them_and_nothing_else():
+    knobs = StrategyKnobs(
+        replay_capacity=7, replay_ratio=0.25, replay_seed=3, ewc_lambda=4.0, lwf_alpha=0.5
     )
-    assert _val(anchor.penalty(batch, moved(batch), moved)) == pytest.approx(_val(expected))
-    assert anchor.state_dict()["meta/windows"] == 1
+    tuned = apply_knobs(parse_strategy("exemplar-replay+ewc-separate+lwf"), knobs)
+    ex, ewc, lwf = tuned.parts
+    assert (ex.capacity, ex.mix_ratio, ex.seed, ex.negatives) == (7, 0.25, 3, 3)
+    assert (ewc.lam, ewc.mode, ewc.seed, ewc.fisher_rows) == (4.0, EWCMode.SEPARATE, 0, 2048)
+    assert (lwf.alpha, lwf.temperature) == (0.5, 2.0)
+    assert apply_knobs(FineTuneConfig(), knobs) == FineTuneConfig()
+    assert apply_knobs(parse_strategy("lwf"), StrategyKnobs()) == LwFConfig()
+    # a tuned type replaces its parts, keeping what the short name chose (the buffer kind)
+    over = StrategyKnobs(overrides=(ReplayConfig(capacity=9, positive_fraction=0.2),))
+    balanced = apply_knobs(parse_strategy("replay-balanced"), over)
+    assert (balanced.capacity, balanced.positive_fraction) == (9, 0.2)
+    assert balanced.buffer is BufferKind.CLICK_BALANCED
+    assert apply_knobs(parse_strategy("exemplar-replay"), over) == ExemplarReplayConfig()
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        apply_knobs(parse_strategy("replay"), StrategyKnobs(replay_capacity=0))
+    every = {f.name for f in dataclasses.fields(StrategyKnobs)}
+    for kind in library_registry().kinds():
+        config = library_registry().entry(kind).config
+        fields = {f.name for f in dataclasses.fields(config)}
+        assert set(config.knobs) <= every and set(config.knobs.values()) <= fields, config
+        assert set(config.chosen_by_name) <= fields, config
 
 
-def test_shrink_scales_the_weights_before_every_window_but_the_first():
-    model, rows = _model(), _rows()
-    before = copy.deepcopy(model.state_dict())
-    shrink = ShrinkPerturb(ShrinkConfig(shrink=0.5, prefixes=("sparse.",)))
-    shrink.before_window(model, rows)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    shrink.after_window(model, rows)
-    shrink.before_window(model, rows)
-    after = model.state_dict()
-    torch.testing.assert_close(after["sparse.query.weight"], 0.5 * before["sparse.query.weight"])
-    assert torch.equal(after["over.mlp.0.weight"], before["over.mlp.0.weight"])
+def test_train_step_calls_on_step_once_after_the_optimizer_step_with_the_unwrapped_model():
+    seen = []
 
+    class Watch(Strategy):
+        def on_step(self, model):
+            seen.append((model, copy.deepcopy(model.state_dict())))
 
-def test_pair_distill_pairs_one_rows_context_with_another_rows_item_at_the_teachers_odds():
-    model, rows = _model(), _rows()
-    pairs = PairDistill(PairDistillConfig(mix_ratio=0.5, seed=3))
-    pairs.before_window(model, rows)
-    assert pairs.replay_rows(10) == {}  # nothing learned yet: no teacher
-    pairs.after_window(model, rows)
-    pairs.before_window(model, rows)
-    out = pairs.replay_rows(40)
-    assert len(out["label"]) == 20 and pairs.rows_scored == 20
-    items = {(int(i), int(c)) for i, c in zip(rows["item"], rows["category"], strict=True)}
-    assert {(int(i), int(c)) for i, c in zip(out["item"], out["category"], strict=True)} <= items
-    contexts = {(int(u), tuple(q)) for u, q in zip(rows["user"], rows["query"], strict=True)}
-    got = {(int(u), tuple(q)) for u, q in zip(out["user"], out["query"], strict=True)}
-    assert got <= contexts
-    teacher = 1 / (1 + np.exp(-score_rows(model, {**out, "label": out["label"] * 0}, CPU)))
-    np.testing.assert_allclose(out["label"], teacher, rtol=1e-5)
+    class Wrapper(torch.nn.Module):  # stands in for DistributedDataParallel
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
 
+        def forward(self, batch):
+            return self.module(batch)
 
-def test_new_strategy_names_parse_and_nest():
-    assert isinstance(parse_strategy("dark-replay"), DarkReplayConfig)
-    combined = parse_strategy("lwf+dark-replay")
-    assert [type(p) for p in combined.parts] == [LwFConfig, DarkReplayConfig]
-    for name in ("average", "anchor", "shrink", "pair-distill"):
-        built = build_strategy(parse_strategy(name))
-        assert built.kind.value == name.replace("-", "_")
-    with pytest.raises(ValueError, match="at most one part may be a ReplayConfig"):
-        CombinedConfig((ReplayConfig(), DarkReplayConfig()))
-    with pytest.raises(ValueError, match="decay must be in"):
-        AverageConfig(decay=1.0)
+    core = _model()
+    model = Wrapper(core)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, opt, to_tensors(_rows(), CPU), Watch())
+    assert len(seen) == 1 and seen[0][0] is core
+    after = core.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in seen[0][1].items())
+    assert not torch.equal(after["over.mlp.0.weight"], _model().state_dict()["over.mlp.0.weight"])

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from freshrank.learn.strategies import (
     CombinedConfig,
-    LwFConfig,
-    ReplayConfig,
     StrategyConfig,
-    StrategyKind,
+    StrategyKnobs,
+    apply_knobs,
     parse_strategy,
 )
 from freshrank.model.config import RankerConfig
-
-BACKTEST_ONLY: frozenset[StrategyKind] = frozenset({StrategyKind.AVERAGE, StrategyKind.SHRINK})
-"""Strategies the distributed trainer refuses (see ``TrainConfig.__post_init__``)."""
 
 PROMOTION_MODES: tuple[str, ...] = ("gate", "finite", "manual")
 """How the trainer promotes the versions it writes (see ``TrainConfig.promotion``)."""
@@ -49,8 +44,8 @@ class TrainConfig:
     instead of 14; ``bench/bench_coldstart.py``)."""
     strategy: str = "replay"
     """Continual-learning strategy: finetune, replay, replay-balanced, exemplar-replay, ewc,
-    ewc-separate, lwf, dark-replay, anchor, pair-distill, or parts joined with '+' (e.g.
-    replay+lwf); replay parts take replay_capacity/replay_ratio."""
+    ewc-separate, lwf (or any other registered name), or parts joined with '+' (e.g.
+    replay+lwf); replay parts take replay_capacity/replay_ratio/seed, LwF parts lwf_alpha."""
     replay_capacity: int = 50_000
     """Rows each worker keeps in its replay buffer (clicks only for exemplar-replay)."""
     replay_ratio: float = 0.5
@@ -113,9 +108,9 @@ class TrainConfig:
         parsed = self.strategy_config()  # raises ValueError naming the known strategies
         parts = parsed.parts if isinstance(parsed, CombinedConfig) else (parsed,)
         for part in parts:
-            if part.kind in BACKTEST_ONLY:
+            if part.backtest_only:
                 raise ValueError(
-                    f"strategy {part.kind.value!r} is for backtests only: it changes the weights "
+                    f"strategy {str(part.kind)!r} is for backtests only: it changes the weights "
                     "outside the optimizer step, which a DDP worker without rows in a window "
                     "would skip, leaving the workers' weights different"
                 )
@@ -129,20 +124,10 @@ class TrainConfig:
         ... # doctest: +ELLIPSIS
         CombinedConfig(parts=(ReplayConfig(capacity=10, mix_ratio=0.5, ...), LwFConfig(...)))
         """
-        parsed = parse_strategy(self.strategy)
-
-        def sized(part: StrategyConfig) -> StrategyConfig:
-            if isinstance(part, LwFConfig):
-                return dataclasses.replace(part, alpha=self.lwf_alpha)
-            if isinstance(part, ReplayConfig):
-                return dataclasses.replace(
-                    part,
-                    capacity=self.replay_capacity,
-                    mix_ratio=self.replay_ratio,
-                    seed=self.seed,
-                )
-            return part
-
-        if isinstance(parsed, CombinedConfig):
-            return CombinedConfig(tuple(sized(p) for p in parsed.parts))  # type: ignore[misc]
-        return sized(parsed)
+        knobs = StrategyKnobs(
+            replay_capacity=self.replay_capacity,
+            replay_ratio=self.replay_ratio,
+            replay_seed=self.seed,
+            lwf_alpha=self.lwf_alpha,
+        )
+        return apply_knobs(parse_strategy(self.strategy), knobs)

@@ -2,7 +2,8 @@
 
 One step, readable in one screen::
 
-    forward -> task loss (BCE) + strategy penalties -> backward -> optimizer step -> report
+    forward -> task loss (BCE) + strategy penalties -> backward -> optimizer step
+    -> strategy.on_step -> report
 
 and one window::
 
@@ -74,7 +75,8 @@ def train_step(
 
     The loss is ``sum BCE * loss_scale + strategy.penalty(batch, outputs, model)``. The default
     ``loss_scale`` is ``1 / rows`` (the mean); under DDP pass ``world / rows_on_all_ranks``, so
-    that DDP's gradient averaging yields the mean over every rank's rows.
+    that DDP's gradient averaging yields the mean over every rank's rows. After the optimizer
+    step the strategy's ``on_step`` sees the (unwrapped) model.
     """
     outputs = model(batch)
     labels = batch["label"]
@@ -86,6 +88,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    strategy.on_step(getattr(model, "module", model))
     return StepResult(n, float(loss_sum.detach()), float(penalty.detach()))
 
 
