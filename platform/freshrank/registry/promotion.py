@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from freshrank.model.scoring import DEFAULT_CHUNK_ROWS, score_logits
 from freshrank.registry.checkpoint import ServingModel, load_serving_model
 from freshrank.registry.store import ChampionChanged, CorruptVersion, Registry
 
@@ -212,24 +213,14 @@ def evaluate_gate(
 
 
 def score_rows(
-    served: ServingModel, rows: Mapping[str, np.ndarray], chunk_rows: int = 65536
+    served: ServingModel, rows: Mapping[str, np.ndarray], chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> dict[str, float | None]:
     """AUC, log loss and CTR of ``served`` on encoded ``rows`` (click logits, with position).
 
     AUC is None when the rows hold only one class (it is undefined there).
     """
-    import torch
-
-    from freshrank.model.device import to_tensors
-
     labels = np.asarray(rows["label"], dtype=np.float64)
-    n = len(labels)
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, n, chunk_rows):
-            chunk = {k: v[start : start + chunk_rows] for k, v in rows.items()}
-            parts.append(served.model(to_tensors(chunk, torch.device("cpu"))).numpy())
-    logits = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    logits = score_logits(served.model, rows, chunk_rows=chunk_rows)
     return metrics_from_logits(labels, logits)
 
 
