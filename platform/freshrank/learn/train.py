@@ -40,6 +40,7 @@ from freshrank.features.encode import FeatureConfig, num_rows
 from freshrank.features.reading import read_shards
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.feed import ShardFeed, ShardPlan, Window
+from freshrank.learn.optim import load_optimizer_state, make_optimizer
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import Strategy, build_strategy, reshard_state
 from freshrank.model.device import backend_for, pick_device
@@ -158,9 +159,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     if state is not None:
         core.load_state_dict(state.model_state)
     model = ray.train.torch.prepare_model(core)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = make_optimizer(model, config.learning_rate)
     if state is not None and state.optimizer_state is not None:
-        optimizer.load_state_dict(state.optimizer_state)
+        load_optimizer_state(optimizer, state.optimizer_state)
     strategy = build_strategy(config.strategy_config(), rank)
     if state is not None:
         strategy.load_state_dict(_strategy_part(state.replay_state, rank, world))
