@@ -14,11 +14,12 @@ from freshrank.learn.strategies import (
     parse_strategy,
 )
 from freshrank.model.config import RankerConfig
+from freshrank.registry.promotion import PromotionMode
 
 BACKTEST_ONLY: frozenset[StrategyKind] = frozenset({StrategyKind.AVERAGE, StrategyKind.SHRINK})
 """Strategies the distributed trainer refuses (see ``TrainConfig.__post_init__``)."""
 
-PROMOTION_MODES: tuple[str, ...] = ("gate", "finite", "manual")
+PROMOTION_MODES: tuple[str, ...] = tuple(m.value for m in PromotionMode)
 """How the trainer promotes the versions it writes (see ``TrainConfig.promotion``)."""
 
 

@@ -14,12 +14,10 @@ or job resumes exactly after the last checkpointed window.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from freshrank.core.serialization import npz_bytes
 from freshrank.drift.monitor import DriftMonitor, WindowSketch
@@ -38,25 +35,31 @@ from freshrank.evaluation.ranking import ranking_report
 from freshrank.events.landing import LandingZone
 from freshrank.features.encode import FeatureConfig, num_rows
 from freshrank.features.reading import read_shards
+from freshrank.learn.collectives import all_gather, all_reduce_sum, broadcast, rank_world
 from freshrank.learn.config import TrainConfig
-from freshrank.learn.feed import ShardFeed, ShardPlan, Window
+from freshrank.learn.feed import ShardFeed, Window
+from freshrank.learn.gating import ChampionScorer, GateJudge, say
 from freshrank.learn.optim import load_optimizer_state, make_optimizer
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import Strategy, build_strategy, reshard_state
+from freshrank.learn.window_io import assign_shards, configure_ray_data, warm_up_reader
 from freshrank.model.device import backend_for, pick_device
 from freshrank.model.ranker import Ranker
 from freshrank.registry.checkpoint import (
     DRIFT_FILE,
     TrainingState,
     load_latest_or_init,
-    load_serving_model,
-    metrics_are_finite,
-    promote_if_finite,
     save_checkpoint,
 )
 from freshrank.registry.control import FencedOut, TrainerControl
-from freshrank.registry.promotion import GateConfig, Promoter, PromotionOutcome, metrics_from_logits
-from freshrank.registry.store import CorruptVersion, Registry, VersionInfo
+from freshrank.registry.promotion import (
+    GateConfig,
+    Promoter,
+    PromotionMode,
+    PromotionPolicy,
+    metrics_from_logits,
+)
+from freshrank.registry.store import Registry, VersionInfo
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     from freshrank.core.telemetry import NullTelemetry, default_telemetry
 
     config: TrainConfig = loop_config["config"]
-    _configure_ray_data()
+    configure_ray_data()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = pick_device(config.use_gpu)
@@ -179,17 +182,28 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     control = TrainerControl(config.registry)
     epoch = control.claim() if rank == 0 else ""
     promoter = Promoter(registry, GateConfig(min_rows=config.gate_min_rows), metrics=metrics)
-    gate = _GateJudge(registry, promoter, control, epoch, config.gate_min_rows, metrics)
-    pending = _pending_challenger(registry, progress) if config.promotion == "gate" else None
-    champion_scorer = _ChampionScorer(registry, device)
+    policy = PromotionPolicy(PromotionMode(config.promotion), promoter)
+    gate = GateJudge(policy, control, epoch)
+    pending = policy.pending_after_restart(progress.version)
     fenced = False
-    _warm_up_reader(model_config.features, registry, rank)
-    _all_gather(None)  # every rank is ready
+    warm_up_reader(model_config.features, registry, rank)
+    all_gather(None)  # every rank is ready
     if rank == 0:
         registry.write_trainer_status(
             {"state": "ready", "version": progress.version, "cursor": feed.cursor}
         )
-    rng = np.random.default_rng(config.seed * 104729 + rank + progress.windows)
+    worker = _Worker(
+        model=model,
+        core=core,
+        optimizer=optimizer,
+        strategy=strategy,
+        drift=drift,
+        champion=ChampionScorer(registry, device),
+        features=model_config.features,
+        config=config,
+        device=device,
+        rng=np.random.default_rng(config.seed * 104729 + rank + progress.windows),
+    )
 
     while True:
         plan = None
@@ -199,42 +213,30 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 champion = registry.champion_version()
                 judged = pending if pending is not None and pending != champion else None
                 plan = _Plan(window, judged, champion)
-        plan = _broadcast(plan)
+        plan = broadcast(plan)
         if plan is None:
             break
 
-        report = _train_window(
-            plan,
-            model,
-            core,
-            optimizer,
-            strategy,
-            drift,
-            champion_scorer,
-            model_config.features,
-            config,
-            device,
-            rng,
-            functools.partial(gate.judge, plan)
-            if rank == 0 and plan.challenger is not None
-            else None,
-        )
+        judge = None
+        if rank == 0 and plan.challenger is not None:
+            judge = functools.partial(gate.judge, plan.challenger, plan.champion)
+        report = _train_window(plan, worker, judge)
         fenced = fenced or gate.fenced
         if plan.challenger is not None:
             pending = None  # judged now, or superseded by the version this window makes
-        strategy_parts = _all_gather(_numpy_state(strategy.state_dict()))
+        strategy_parts = all_gather(_numpy_state(strategy.state_dict()))
         if rank == 0 and not fenced:
             try:
                 control.check(epoch)
             except FencedOut as exc:  # a newer trainer owns the registry: publish nothing more
-                _say(str(exc))
+                say(str(exc))
                 fenced = True
             else:
                 info = _checkpoint_window(
                     registry, plan.window, report, core, optimizer, strategy_parts, drift, progress
                 )
                 feed.commit(plan.window)
-                pending = _promote_new_version(registry, info, config, promoter, metrics)
+                pending = policy.after_checkpoint(info)
                 if config.keep_versions is not None:
                     registry.prune(config.keep_versions)
                 _export_window_metrics(metrics, plan.window, report, progress)
@@ -279,6 +281,23 @@ class _Plan:
     champion: int | None
 
 
+@dataclass(frozen=True)
+class _Worker:
+    """What stays fixed for one worker across windows (the objects, not their state)."""
+
+    model: torch.nn.Module
+    """The DDP-prepared model the optimizer steps (``core`` inside it)."""
+    core: Ranker
+    optimizer: torch.optim.Optimizer
+    strategy: Strategy
+    drift: DriftMonitor | None
+    champion: ChampionScorer
+    features: FeatureConfig
+    config: TrainConfig
+    device: torch.device
+    rng: np.random.Generator
+
+
 @dataclass
 class _WindowReport:
     rows: int
@@ -288,122 +307,6 @@ class _WindowReport:
     """Wall-clock time the window's rows were read (the landed_to_read stage ends here)."""
     trained_at: float
     drift_alarms: tuple[str, ...] = ()
-
-
-class _GateJudge:
-    """Rank 0's gate: after a window is scored and before anyone trains on it, judge the
-    previous version against the champion on those rows (fresh for both)."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        promoter: Promoter,
-        control: TrainerControl,
-        epoch: str,
-        min_rows: int,
-        metrics: Any,
-    ) -> None:
-        self.registry, self.promoter, self.control = registry, promoter, control
-        self.epoch, self.min_rows, self.metrics = epoch, min_rows, metrics
-        self.fenced = False
-
-    def judge(
-        self, plan: _Plan, new: dict[str, Any], old: dict[str, Any] | None, notes: list[str]
-    ) -> None:
-        assert plan.challenger is not None
-        if new.get("rows", 0) < self.min_rows and plan.champion is not None:
-            _say(
-                f"v{plan.challenger} not judged: only "
-                f"{int(new.get('rows', 0))} fresh rows (gate_min_rows {self.min_rows}); "
-                "the next version supersedes it",
-            )
-            return
-        try:
-            self.control.check(self.epoch)
-        except FencedOut as exc:
-            _say(str(exc))
-            self.fenced = True
-            return
-        result = self.promoter.decide(plan.challenger, new, old, plan.champion, notes)
-        _say(
-            f"gate: v{plan.challenger} {result.outcome.value} "
-            f"(champion v{plan.champion}): {'; '.join(result.reasons)}",
-        )
-        if result.outcome is PromotionOutcome.PROMOTED:
-            created = self.registry.get(plan.challenger).manifest.get("created_at")
-            if created is not None:
-                self.metrics.observe(
-                    "freshrank_stage_latency_seconds",
-                    time.time() - float(created),
-                    tags={"stage": "checkpointed_to_promoted"},
-                )
-
-
-def _pending_challenger(registry: Registry, progress: _Progress) -> int | None:
-    """After a restart: the latest version, if the gate never judged it (no promotion-log entry
-    names it) and it is not the champion. A version rolled back from is never re-judged."""
-    latest = progress.version
-    if latest is None or latest == registry.champion_version():
-        return None
-    for event in registry.promotions():
-        if latest in (event.get("to_version"), event.get("from_version")):
-            return None
-    return latest
-
-
-def _promote_new_version(
-    registry: Registry, info: Any, config: TrainConfig, promoter: Promoter, metrics: Any
-) -> int | None:
-    """Rank 0, right after checkpointing: promote now (``finite``, or the first version under
-    ``gate``), or return the version for the gate to judge on the next window's rows."""
-    if config.promotion == "manual":
-        return None
-    first = registry.champion_version() is None
-    if config.promotion == "finite" or first or not metrics_are_finite(info.manifest["metrics"]):
-        if promote_if_finite(registry, info):
-            outcome = "promoted"
-            metrics.observe(
-                "freshrank_stage_latency_seconds",
-                time.time() - float(info.manifest["created_at"]),
-                tags={"stage": "checkpointed_to_promoted"},
-            )
-        else:
-            outcome = "rejected"
-        metrics.inc("freshrank_promotions_total", tags={"outcome": outcome})
-        return None
-    return info.version
-
-
-class _ChampionScorer:
-    """Each rank's copy of the champion, for the gate: reloaded when the champion changes."""
-
-    def __init__(self, registry: Registry, device: torch.device) -> None:
-        self.registry = registry
-        self.device = device
-        self.version: int | None = None
-        self.model: Ranker | None = None
-        self._offered: tuple[int, Ranker] | None = None
-
-    def offer(self, version: int, model: Ranker) -> None:
-        """Keep a copy of ``model``, whose weights are ``version``'s: if the gate promotes it,
-        the next window scores the champion with it instead of loading it from the registry."""
-        copy_ = copy.deepcopy(model)
-        copy_.eval()
-        self._offered = (version, copy_)
-
-    def logits(self, version: int, rows: Mapping[str, np.ndarray]) -> np.ndarray | str:
-        """Click logits of the champion on ``rows``, or why it could not be scored."""
-        if self.version != version and self._offered and self._offered[0] == version:
-            self.version, self.model = self._offered
-            self._offered = None
-        if self.version != version:
-            try:
-                served = load_serving_model(self.registry, version)
-            except (CorruptVersion, KeyError, FileNotFoundError) as exc:
-                return f"champion v{version} cannot be loaded ({type(exc).__name__}: {exc})"
-            self.model, self.version = served.model.to(self.device), version
-        assert self.model is not None
-        return score_rows(self.model, rows, self.device, use_position=True)
 
 
 def _drift_monitor(state: TrainingState | None, metrics: Any) -> DriftMonitor:
@@ -450,30 +353,18 @@ def _next_window(
 Judge = Callable[[dict[str, Any], "dict[str, Any] | None", list[str]], None]
 
 
-def _train_window(
-    plan: _Plan,
-    model: torch.nn.Module,
-    core: Ranker,
-    optimizer: torch.optim.Optimizer,
-    strategy: Strategy,
-    drift: DriftMonitor | None,
-    champion_scorer: _ChampionScorer,
-    features: FeatureConfig,
-    config: TrainConfig,
-    device: torch.device,
-    rng: np.random.Generator,
-    judge: Judge | None,
-) -> _WindowReport:
+def _train_window(plan: _Plan, w: _Worker, judge: Judge | None) -> _WindowReport:
     """One window on one worker: read, evaluate first (and judge the previous version on these
     rows), train with the strategy, sketch for drift. Same collectives on every rank."""
-    rank, world = _rank_world()
+    core, device, drift, config = w.core, w.device, w.drift, w.config
+    rank, world = rank_world()
     t0 = time.perf_counter()
     paths, filesystem = LandingZone(config.landing).read_source(
-        _assign(plan.window.shards, rank, world)
+        assign_shards(plan.window.shards, rank, world)
     )
-    rows, requests = read_shards(paths, features, filesystem)
+    rows, requests = read_shards(paths, w.features, filesystem)
     n_local = num_rows(rows)
-    counts = _all_gather(n_local)
+    counts = all_gather(n_local)
     read_at = time.time()
     t_read = time.perf_counter()
 
@@ -483,10 +374,10 @@ def _train_window(
     relevance = score_rows(core, rows, device, use_position=False)
     champion: np.ndarray | str | None = None
     if plan.challenger is not None and plan.champion is not None:
-        champion = champion_scorer.logits(plan.champion, rows)
+        champion = w.champion.logits(plan.champion, rows)
     if plan.challenger is not None:  # these weights are the challenger's until we train
-        champion_scorer.offer(plan.challenger, core)
-    gathered = _all_gather((rows["label"], click, relevance, requests, champion))
+        w.champion.offer(plan.challenger, core)
+    gathered = all_gather((rows["label"], click, relevance, requests, champion))
     labels_all = np.concatenate([g[0] for g in gathered])
     click_all = np.concatenate([g[1] for g in gathered])
     relevance_all = np.concatenate([g[2] for g in gathered])
@@ -508,7 +399,7 @@ def _train_window(
     merged = None
     if drift is not None:
         part = drift.sketch(rows, scores=relevance)
-        merged = WindowSketch.merge_all(_all_gather(part))
+        merged = WindowSketch.merge_all(all_gather(part))
         report = drift.check(merged)
         alarms = tuple(f"{a.feature}/{a.statistic.value}" for a in report.alarms)
     t_drift = time.perf_counter()
@@ -516,26 +407,26 @@ def _train_window(
     # Train: every rank takes the same number of steps (DDP), padding with empty batches.
     steps = math.ceil(max(counts) / config.batch_size)
     result = train_window(
-        model,
-        optimizer,
+        w.model,
+        w.optimizer,
         rows,
-        strategy,
+        w.strategy,
         batch_size=config.batch_size,
-        rng=rng,
+        rng=w.rng,
         device=device,
         steps=steps,
-        reduce_sum=lambda v: _all_reduce_sum(v, device),
+        reduce_sum=lambda v: all_reduce_sum(v, device),
         world=world,
     )
-    loss_global = _all_reduce_sum(result.task_loss_sum, device) / max(
-        _all_reduce_sum(float(result.rows), device), 1.0
+    loss_global = all_reduce_sum(result.task_loss_sum, device) / max(
+        all_reduce_sum(float(result.rows), device), 1.0
     )
     if drift is not None and merged is not None:
         # The reference is what the model has now trained on; its score distribution is the
         # trained model's scores on these rows (see ReferenceProfile.with_model_scores).
         hist = NumericHistogram(drift.config.score_edges)
         hist.update(score_rows(core, rows, device, use_position=False))
-        scores_all = functools.reduce(lambda a, b: a.merge(b), _all_gather(hist))
+        scores_all = functools.reduce(lambda a, b: a.merge(b), all_gather(hist))
         drift.absorb(merged)
         drift.replace_reference(drift.reference.with_model_scores(scores_all))
     trained_at = time.time()
@@ -627,7 +518,7 @@ def _checkpoint_window(
     progress.watermark = watermark
     report.timings["checkpoint_s"] = time.perf_counter() - t0
     alarms = f" drift {','.join(report.drift_alarms)}" if report.drift_alarms else ""
-    _say(
+    say(
         f"v{info.version}: window {progress.windows} "
         f"shards {manifest['shards'][0]}..{manifest['shards'][-1]} events {report.rows} "
         f"auc {_fmt(report.metrics['eval_auc'])} gauc {_fmt(report.metrics['eval_gauc'])} "
@@ -662,102 +553,8 @@ def _export_window_metrics(
     metrics.observe(stage, now - report.trained_at, tags={"stage": "trained_to_checkpointed"})
 
 
-def _say(message: str) -> None:
-    """One line of the trainer's log. Written to stdout directly: Ray Train patches ``print``
-    in its workers to also log through the root logger, which shows every line twice."""
-    sys.stdout.write(f"[freshrank trainer] {message}\n")
-    sys.stdout.flush()
-
-
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a window with Ray Data.
-
-
-def _configure_ray_data() -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    # Ray 2.60's parquet datasource V2 starts footer-reader actors on every execution
-    # (9-13 s per small window measured here); V1 reads a small window in well under a second.
-    ctx.use_datasource_v2 = False
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-
-
-def _warm_up_reader(features: FeatureConfig, registry: Registry, rank: int) -> None:
-    """Run one tiny read so Ray Data's worker processes exist before the first real window.
-
-    The first execution in a fresh worker pays for starting processes and importing torch
-    (about 20 s measured on 2 cores); paying it here keeps it out of the first window's latency.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from freshrank.features.encode import candidates_table
-
-    # One row (an empty file would plan no read task and start nothing); it has no event id,
-    # so the read drops it like any row missing a required field. Written where the registry
-    # lives, so the warm-up also checks that the workers can read from there.
-    sink = pa.BufferOutputStream()
-    pq.write_table(candidates_table("warmup", "warm up", [{"item_id": "w"}]), sink)
-    name = f"_warmup/rank{rank}.parquet"
-    registry.storage.write_atomic(name, sink.getvalue().to_pybytes())
-    paths, filesystem = registry.storage.source([name])
-    read_shards(paths, features, filesystem)
-
-
-def _assign(shards: tuple[ShardPlan, ...], rank: int, world: int) -> list[str]:
-    """Balance shards over ranks by rows (largest first onto the least loaded rank).
-
-    >>> plans = tuple(ShardPlan(i, f"s{i}", 0.0, r, 0, None) for i, r in enumerate([5, 3, 3, 1]))
-    >>> _assign(plans, 0, 2), _assign(plans, 1, 2)
-    (['s0', 's3'], ['s1', 's2'])
-    """
-    load = [0] * world
-    owner: dict[str, int] = {}
-    for shard in sorted(shards, key=lambda s: (-s.rows_valid, s.seq)):
-        r = min(range(world), key=lambda i: (load[i], i))
-        owner[shard.path] = r
-        load[r] += shard.rows_valid
-    return [s.path for s in sorted(shards, key=lambda s: s.seq) if owner[s.path] == rank]
-
-
-# ---------------------------------------------------------------------------------------------
-# Collectives (no-ops in a single process).
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _broadcast(obj: Any) -> Any:
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _all_gather(obj: Any) -> list[Any]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _all_reduce_sum(value: float, device: torch.device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item())
 
 
 def _numpy_state(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
