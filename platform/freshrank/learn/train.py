@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from freshrank.core.serialization import npz_bytes
 from freshrank.drift.monitor import DriftMonitor, WindowSketch
 from freshrank.drift.sketches import NumericHistogram
 from freshrank.evaluation.classification import log_loss, roc_auc
@@ -40,16 +39,20 @@ from freshrank.learn.config import TrainConfig
 from freshrank.learn.feed import ShardFeed, Window
 from freshrank.learn.gating import ChampionScorer, GateJudge, say
 from freshrank.learn.optim import load_optimizer_state, make_optimizer
+from freshrank.learn.publish import (
+    WindowProgress,
+    WindowReport,
+    checkpoint_window,
+    export_window_metrics,
+)
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import Strategy, build_strategy, reshard_state
 from freshrank.learn.window_io import assign_shards, configure_ray_data, warm_up_reader
 from freshrank.model.device import backend_for, pick_device
 from freshrank.model.ranker import Ranker
 from freshrank.registry.checkpoint import (
-    DRIFT_FILE,
     TrainingState,
     load_latest_or_init,
-    save_checkpoint,
 )
 from freshrank.registry.control import FencedOut, TrainerControl
 from freshrank.registry.promotion import (
@@ -59,7 +62,7 @@ from freshrank.registry.promotion import (
     PromotionPolicy,
     metrics_from_logits,
 )
-from freshrank.registry.store import Registry, VersionInfo
+from freshrank.registry.store import Registry
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     )
     metrics = default_telemetry() if rank == 0 else NullTelemetry()
     drift = _drift_monitor(state, metrics) if config.drift else None
-    progress = _Progress.from_state(state)
+    progress = WindowProgress.from_state(state)
     control = TrainerControl(config.registry)
     epoch = control.claim() if rank == 0 else ""
     promoter = Promoter(registry, GateConfig(min_rows=config.gate_min_rows), metrics=metrics)
@@ -232,14 +235,14 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 say(str(exc))
                 fenced = True
             else:
-                info = _checkpoint_window(
+                info = checkpoint_window(
                     registry, plan.window, report, core, optimizer, strategy_parts, drift, progress
                 )
                 feed.commit(plan.window)
                 pending = policy.after_checkpoint(info)
                 if config.keep_versions is not None:
                     registry.prune(config.keep_versions)
-                _export_window_metrics(metrics, plan.window, report, progress)
+                export_window_metrics(metrics, plan.window, report, progress)
         ray.train.report({"window": progress.windows, **report.metrics})
     if rank == 0 and not fenced:
         registry.write_trainer_status(
@@ -249,25 +252,6 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 "cursor": feed.cursor,
                 "pending": pending,
             }
-        )
-
-
-@dataclass
-class _Progress:
-    version: int | None
-    windows: int
-    events_trained: int
-    watermark: float | None
-
-    @classmethod
-    def from_state(cls, state: TrainingState | None) -> _Progress:
-        if state is None:
-            return cls(None, 0, 0, None)
-        return cls(
-            state.version,
-            int(state.manifest.get("window_index", 0)),
-            state.events_trained,
-            state.watermark,
         )
 
 
@@ -298,17 +282,6 @@ class _Worker:
     rng: np.random.Generator
 
 
-@dataclass
-class _WindowReport:
-    rows: int
-    metrics: dict[str, float | None]
-    timings: dict[str, float]
-    read_at: float
-    """Wall-clock time the window's rows were read (the landed_to_read stage ends here)."""
-    trained_at: float
-    drift_alarms: tuple[str, ...] = ()
-
-
 def _drift_monitor(state: TrainingState | None, metrics: Any) -> DriftMonitor:
     if state is not None and state.drift_state is not None:
         return DriftMonitor.from_state(state.drift_state, metrics=metrics)
@@ -319,7 +292,7 @@ def _next_window(
     feed: ShardFeed,
     landing: LandingZone,
     config: TrainConfig,
-    progress: _Progress,
+    progress: WindowProgress,
     metrics: Any,
     control: TrainerControl,
 ) -> Window | None:
@@ -353,23 +326,79 @@ def _next_window(
 Judge = Callable[[dict[str, Any], "dict[str, Any] | None", list[str]], None]
 
 
-def _train_window(plan: _Plan, w: _Worker, judge: Judge | None) -> _WindowReport:
+def _train_window(plan: _Plan, w: _Worker, judge: Judge | None) -> WindowReport:
     """One window on one worker: read, evaluate first (and judge the previous version on these
-    rows), train with the strategy, sketch for drift. Same collectives on every rank."""
-    core, device, drift, config = w.core, w.device, w.drift, w.config
+    rows), sketch for drift, train with the strategy. Same collectives on every rank."""
     rank, world = rank_world()
     t0 = time.perf_counter()
-    paths, filesystem = LandingZone(config.landing).read_source(
+    paths, filesystem = LandingZone(w.config.landing).read_source(
         assign_shards(plan.window.shards, rank, world)
     )
     rows, requests = read_shards(paths, w.features, filesystem)
-    n_local = num_rows(rows)
-    counts = all_gather(n_local)
+    counts = all_gather(num_rows(rows))
     read_at = time.time()
     t_read = time.perf_counter()
 
-    # Evaluate first (prequential): score the window before learning from it. Click logits
-    # (position included, what the loss sees) and relevance (what serving ranks by).
+    metrics, relevance = _evaluate_first(plan, w, rows, requests, judge)
+    t_eval = time.perf_counter()
+
+    # Drift: every rank sketches its rows; every rank merges the same parts (so every rank's
+    # monitor stays identical); rank 0's monitor exports the statistics.
+    alarms: tuple[str, ...] = ()
+    merged = None
+    if w.drift is not None:
+        merged = WindowSketch.merge_all(all_gather(w.drift.sketch(rows, scores=relevance)))
+        alarms = tuple(f"{a.feature}/{a.statistic.value}" for a in w.drift.check(merged).alarms)
+    t_drift = time.perf_counter()
+
+    # Train: every rank takes the same number of steps (DDP), padding with empty batches.
+    result = train_window(
+        w.model,
+        w.optimizer,
+        rows,
+        w.strategy,
+        batch_size=w.config.batch_size,
+        rng=w.rng,
+        device=w.device,
+        steps=math.ceil(max(counts) / w.config.batch_size),
+        reduce_sum=lambda v: all_reduce_sum(v, w.device),
+        world=world,
+    )
+    loss_sum = all_reduce_sum(result.task_loss_sum, w.device)
+    loss = loss_sum / max(all_reduce_sum(float(result.rows), w.device), 1.0)
+    if w.drift is not None and merged is not None:
+        _absorb_drift(w, rows, merged)
+    trained_at = time.time()
+    t_train = time.perf_counter()
+
+    return WindowReport(
+        rows=int(sum(counts)),
+        metrics={"loss": loss, **metrics},
+        timings={
+            "read_s": t_read - t0,
+            "eval_s": t_eval - t_read,
+            "drift_s": t_drift - t_eval,
+            "train_s": t_train - t_drift,
+            "compute_s": result.compute_s,  # forward + backward + optimizer step (+ all-reduce)
+        },
+        read_at=read_at,
+        trained_at=trained_at,
+        drift_alarms=alarms,
+    )
+
+
+def _evaluate_first(
+    plan: _Plan,
+    w: _Worker,
+    rows: Mapping[str, np.ndarray],
+    requests: np.ndarray,
+    judge: Judge | None,
+) -> tuple[dict[str, float | None], np.ndarray]:
+    """Prequential: score the window before learning from it, over every rank's rows; the
+    window's metrics and this rank's relevance scores. Click logits (position included, what
+    the loss sees) and relevance (what serving ranks by); rank 0 judges the pending version
+    (whose weights these still are) against the champion on the same rows."""
+    core, device = w.core, w.device
     click = score_rows(core, rows, device, use_position=True)
     relevance = score_rows(core, rows, device, use_position=False)
     champion: np.ndarray | str | None = None
@@ -391,170 +420,31 @@ def _train_window(plan: _Plan, w: _Worker, judge: Judge | None) -> _WindowReport
         if plan.champion is not None and not problems:
             old = metrics_from_logits(labels_all, np.concatenate([g[4] for g in gathered]))
         judge(new, old, [f"{p}: judged without it" for p in problems[:1]])
-    t_eval = time.perf_counter()
+    metrics = {
+        "eval_auc": None if math.isnan(auc) else auc,
+        "eval_logloss": log_loss(labels_all, click_all),
+        "eval_ctr": float(labels_all.mean()) if len(labels_all) else None,
+        "eval_gauc": _finite_or_none(ranking["gauc"]),
+        "eval_ndcg10": _finite_or_none(ranking["ndcg@10"]),
+    }
+    return metrics, relevance
 
-    # Drift: every rank sketches its rows; every rank merges the same parts (so every rank's
-    # monitor stays identical); rank 0's monitor exports the statistics.
-    alarms: tuple[str, ...] = ()
-    merged = None
-    if drift is not None:
-        part = drift.sketch(rows, scores=relevance)
-        merged = WindowSketch.merge_all(all_gather(part))
-        report = drift.check(merged)
-        alarms = tuple(f"{a.feature}/{a.statistic.value}" for a in report.alarms)
-    t_drift = time.perf_counter()
 
-    # Train: every rank takes the same number of steps (DDP), padding with empty batches.
-    steps = math.ceil(max(counts) / config.batch_size)
-    result = train_window(
-        w.model,
-        w.optimizer,
-        rows,
-        w.strategy,
-        batch_size=config.batch_size,
-        rng=w.rng,
-        device=device,
-        steps=steps,
-        reduce_sum=lambda v: all_reduce_sum(v, device),
-        world=world,
-    )
-    loss_global = all_reduce_sum(result.task_loss_sum, device) / max(
-        all_reduce_sum(float(result.rows), device), 1.0
-    )
-    if drift is not None and merged is not None:
-        # The reference is what the model has now trained on; its score distribution is the
-        # trained model's scores on these rows (see ReferenceProfile.with_model_scores).
-        hist = NumericHistogram(drift.config.score_edges)
-        hist.update(score_rows(core, rows, device, use_position=False))
-        scores_all = functools.reduce(lambda a, b: a.merge(b), all_gather(hist))
-        drift.absorb(merged)
-        drift.replace_reference(drift.reference.with_model_scores(scores_all))
-    trained_at = time.time()
-    t_train = time.perf_counter()
-
-    return _WindowReport(
-        rows=int(sum(counts)),
-        metrics={
-            "loss": loss_global,
-            "eval_auc": None if math.isnan(auc) else auc,
-            "eval_logloss": log_loss(labels_all, click_all),
-            "eval_ctr": float(labels_all.mean()) if len(labels_all) else None,
-            "eval_gauc": _finite_or_none(ranking["gauc"]),
-            "eval_ndcg10": _finite_or_none(ranking["ndcg@10"]),
-        },
-        timings={
-            "read_s": t_read - t0,
-            "eval_s": t_eval - t_read,
-            "drift_s": t_drift - t_eval,
-            "train_s": t_train - t_drift,
-            "compute_s": result.compute_s,  # forward + backward + optimizer step (+ all-reduce)
-        },
-        read_at=read_at,
-        trained_at=trained_at,
-        drift_alarms=alarms,
-    )
+def _absorb_drift(w: _Worker, rows: Mapping[str, np.ndarray], merged: WindowSketch) -> None:
+    """After training: the reference is what the model has now trained on; its score
+    distribution is the trained model's scores on these rows (every rank's, merged; see
+    ReferenceProfile.with_model_scores)."""
+    drift = w.drift
+    assert drift is not None
+    hist = NumericHistogram(drift.config.score_edges)
+    hist.update(score_rows(w.core, rows, w.device, use_position=False))
+    scores_all = functools.reduce(lambda a, b: a.merge(b), all_gather(hist))
+    drift.absorb(merged)
+    drift.replace_reference(drift.reference.with_model_scores(scores_all))
 
 
 def _finite_or_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _checkpoint_window(
-    registry: Registry,
-    window: Window,
-    report: _WindowReport,
-    core: Ranker,
-    optimizer: torch.optim.Optimizer,
-    strategy_parts: list[dict[str, np.ndarray]],
-    drift: DriftMonitor | None,
-    progress: _Progress,
-) -> VersionInfo:
-    """Rank 0: publish the window's version (promotion is decided by the caller)."""
-    if report.rows != window.rows_valid:
-        raise RuntimeError(
-            f"window read {report.rows} rows but validation counted {window.rows_valid}: "
-            f"shards {[s.seq for s in window.shards]}"
-        )
-    t0 = time.perf_counter()
-    watermark = max(
-        (w for w in (progress.watermark, window.max_event_time) if w is not None), default=None
-    )
-    manifest = {
-        "parent": progress.version,
-        "cursor": window.cursor,
-        "shards": [s.seq for s in window.shards],
-        "shard_landed_at": {str(s.seq): s.landed_at for s in window.shards},
-        "quarantined": [list(q) for q in window.quarantined],
-        "rows_dropped": window.rows_dropped,
-        "window_events": report.rows,
-        "events_trained": progress.events_trained + report.rows,
-        "window_index": progress.windows + 1,
-        "watermark": watermark,
-        "metrics": report.metrics,
-        "timings": dict(report.timings),
-        "stage_times": {"read_at": report.read_at, "trained_at": report.trained_at},
-        "drift_alarms": list(report.drift_alarms),
-        "world_size": len(strategy_parts),
-        "trained_at": report.trained_at,
-    }
-    strategy_state: dict[str, np.ndarray] = {}
-    for r, part in enumerate(strategy_parts):
-        strategy_state.update({f"rank{r}/{k}": v for k, v in part.items()})
-    extra = (
-        {DRIFT_FILE: npz_bytes(drift.state_dict(), compressed=True)} if drift is not None else {}
-    )
-    info = save_checkpoint(
-        registry,
-        core.config,
-        core.state_dict(),
-        optimizer.state_dict(),
-        strategy_state,
-        manifest,
-        extra_files=extra,
-    )
-    progress.version = info.version
-    progress.windows += 1
-    progress.events_trained += report.rows
-    progress.watermark = watermark
-    report.timings["checkpoint_s"] = time.perf_counter() - t0
-    alarms = f" drift {','.join(report.drift_alarms)}" if report.drift_alarms else ""
-    say(
-        f"v{info.version}: window {progress.windows} "
-        f"shards {manifest['shards'][0]}..{manifest['shards'][-1]} events {report.rows} "
-        f"auc {_fmt(report.metrics['eval_auc'])} gauc {_fmt(report.metrics['eval_gauc'])} "
-        f"loss {_fmt(report.metrics['loss'])} total {progress.events_trained}{alarms}",
-    )
-    return info
-
-
-def _export_window_metrics(
-    metrics: Any, window: Window, report: _WindowReport, progress: _Progress
-) -> None:
-    metrics.inc("freshrank_events_trained_total", float(report.rows))
-    metrics.inc("freshrank_windows_trained_total")
-    metrics.inc("freshrank_shards_trained_total", float(len(window.shards)))
-    if window.rows_dropped:
-        metrics.inc("freshrank_rows_dropped_total", float(window.rows_dropped))
-    for name, key in (
-        ("freshrank_window_auc", "eval_auc"),
-        ("freshrank_window_logloss", "eval_logloss"),
-        ("freshrank_window_gauc", "eval_gauc"),
-        ("freshrank_window_ndcg", "eval_ndcg10"),
-    ):
-        if report.metrics.get(key) is not None:
-            metrics.set(name, float(report.metrics[key]))  # type: ignore[arg-type]
-    metrics.set("freshrank_trainer_model_version", float(progress.version or 0))
-    now = time.time()
-    stage = "freshrank_stage_latency_seconds"
-    for shard in window.shards:
-        metrics.observe("freshrank_update_latency_seconds", now - shard.landed_at)
-        metrics.observe(stage, report.read_at - shard.landed_at, tags={"stage": "landed_to_read"})
-    metrics.observe(stage, report.trained_at - report.read_at, tags={"stage": "read_to_trained"})
-    metrics.observe(stage, now - report.trained_at, tags={"stage": "trained_to_checkpointed"})
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _numpy_state(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
