@@ -53,14 +53,15 @@ from freshrank.learn.backtest import (
     Schedule,
     SimulatorData,
     arms_from_names,
-    recovery_windows,
-    run_backtest,
 )
 from freshrank.learn.strategies import EWCConfig, ExemplarReplayConfig, LwFConfig, ReplayConfig
 from freshrank.model.config import RankerConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules, however this is run
+import backtest_harness as harness  # noqa: E402
+
 ISSUE = "Issue 3 (strategies and backtests)"
-OUT = Path(__file__).parent / "out"
+OUT = harness.OUT
 TOLERANCE = 0.01
 EVENTS_GOAL = 0.20
 
@@ -147,7 +148,6 @@ def diginetica_config(args: argparse.Namespace) -> BacktestConfig:
         learning_rate=0.02,
         epochs=args.epochs,
         forgetting_requests=200,
-        output_dir=str(OUT / ("backtest-diginetica" + ("-quick" if args.quick else ""))),
     )
 
 
@@ -182,7 +182,6 @@ def simulator_config(args: argparse.Namespace) -> BacktestConfig:
         batch_size=512,
         learning_rate=0.02,  # the trainer's default (TrainConfig.learning_rate)
         forgetting_requests=300,
-        output_dir=str(OUT / ("backtest-simulator" + ("-quick" if args.quick else ""))),
     )
 
 
@@ -194,20 +193,23 @@ def run_diginetica(args: argparse.Namespace) -> str | None:
     directory = Path(args.diginetica) if args.diginetica else default_data_dir()
     if not available_periods(directory):
         print(
-            f"[bench_backtest] DIGINETICA skipped: no period_*.txt in {directory} "
-            "(pass --diginetica DIR; see ../shared/data/diginetica/SOURCE.md)"
+            f"[bench_backtest] DIGINETICA skipped: no period_*.txt in {directory} (working "
+            f"directory {Path.cwd()}; pass --diginetica DIR or set FRESHRANK_DIGINETICA; see "
+            "../shared/data/diginetica/SOURCE.md)"
         )
         return None
     config = diginetica_config(args)
+    out = _output_dir("diginetica", args)
     t0 = time.perf_counter()
-    report = run_backtest(config)
+    report = harness.run(config, out, progress=args.progress).report
     wall = time.perf_counter() - t0
-    print(report.markdown())
+    table = harness.comparison_markdown(report)
+    print(table)
     names = {a.name for a in report.arms}
     if not {"finetune", "joint"} <= names:
         print("[bench_backtest] no gap analysis: it needs the finetune and joint arms")
-        return report.markdown() + "\n\n" + report.item_age_markdown()
-    return _diginetica_body(report, config, wall, args)
+        return table + "\n\n" + harness.item_age_markdown(report)
+    return _diginetica_body(report, config, wall, args, out)
 
 
 def _scored_note(report: BacktestReport) -> list[str]:
@@ -227,8 +229,17 @@ def _incremental(report: BacktestReport) -> list:
     return [a for a in report.arms if a.schedule is Schedule.INCREMENTAL and a.name != "finetune"]
 
 
+def _output_dir(part: str, args: argparse.Namespace) -> Path:
+    """``bench/out/backtest-<part>[-quick]``: where a part's report and plots go."""
+    return OUT / (f"backtest-{part}" + ("-quick" if args.quick else ""))
+
+
 def _diginetica_body(
-    report: BacktestReport, config: BacktestConfig, wall: float, args: argparse.Namespace
+    report: BacktestReport,
+    config: BacktestConfig,
+    wall: float,
+    args: argparse.Namespace,
+    out: Path,
 ) -> str:
     k = report.k
     joint = report.arm("joint")
@@ -250,7 +261,7 @@ def _diginetica_body(
     lines = [
         f"Command: `{_command(args, 'diginetica')}` ({len(report.periods)} periods, "
         f"{sum(report.events_per_period):,} training rows, wall {wall / 60:.1f} min on "
-        f"{_machine()}). Report and plots: `bench/out/{Path(config.resolved_output_dir()).name}/`.",
+        f"{_machine()}). Report and plots: `bench/out/{out.name}/`.",
         "",
         f"Protocol: update on period p-1, test on p (p = 1..{len(report.periods) - 1}); a test "
         f"request is a held-out session's next view among {adapter.candidates} candidates "
@@ -262,7 +273,7 @@ def _diginetica_body(
         "over each update's rows (every arm). "
         "Metrics are means over the tested periods; BWT = backward transfer on held-out slices.",
         "",
-        report.markdown(),
+        harness.comparison_markdown(report),
         "",
         f"Fine-tune → joint gap: Recall@20 {ft[f'recall@{k}']:.4f} → {jt[f'recall@{k}']:.4f}, "
         f"MRR@20 {ft[f'mrr@{k}']:.4f} → {jt[f'mrr@{k}']:.4f}.",
@@ -278,7 +289,7 @@ def _diginetica_body(
         "table — in the last update window (new), earlier (older), never (unseen); pooled over "
         "the tested periods.",
         "",
-        report.item_age_markdown(),
+        harness.item_age_markdown(report),
     ]
     return "\n".join(lines)
 
@@ -289,10 +300,11 @@ def _diginetica_body(
 def run_simulator(args: argparse.Namespace) -> str:
     """Run the planted-shift backtest; the RESULTS.md body."""
     config = simulator_config(args)
+    out = _output_dir("simulator", args)
     t0 = time.perf_counter()
-    report = run_backtest(config)
+    report = harness.run(config, out, progress=args.progress).report
     wall = time.perf_counter() - t0
-    print(report.markdown())
+    print(harness.comparison_markdown(report))
     data = config.data
     shift = data.shift_at  # type: ignore[union-attr]
     shift_index = shift - 1  # prequential[i] tests period i + 1
@@ -303,9 +315,9 @@ def run_simulator(args: argparse.Namespace) -> str:
     ]
     recovered = {}
     for a in report.arms:
-        series = [m["auc"] for m in a.prequential]
+        series = a.series("auc")
         level = float(np.mean(series[shift_index - 2 : shift_index]))
-        windows = recovery_windows(series, shift_index, TOLERANCE, baseline=2)
+        windows = a.recovery_windows(shift, "auc", TOLERANCE, baseline=2)
         recovered[a.name] = windows
         post = series[shift_index:]
         low = int(np.argmin(post))
@@ -320,14 +332,14 @@ def run_simulator(args: argparse.Namespace) -> str:
         f"Command: `{_command(args, 'simulator')}` ({len(report.periods)} periods of "
         f"{data.requests_per_period:,} requests, planted shift before period {shift}; "  # type: ignore[union-attr]
         f"wall {wall / 60:.1f} min on {_machine()}). Report and plots: "
-        f"`bench/out/{Path(config.resolved_output_dir()).name}/`.",
+        f"`bench/out/{out.name}/`.",
         "",
         "Model: the production defaults (RankerConfig(), batch 512, Adam lr 0.02). A window is "
         "one period; prequential AUC is scored before training on it. Recovery windows = "
         "post-shift windows trained on before the AUC is back within 0.01 of the mean of the "
         "two windows before the shift.",
         "",
-        report.markdown(),
+        harness.comparison_markdown(report),
         "",
         *rows,
         "",
@@ -444,10 +456,8 @@ def _quality_vs_size(args: argparse.Namespace, directory: Path, items: pa.Array,
             learning_rate=0.02,
             epochs=args.epochs,
             forgetting_requests=None,
-            write_report=False,
-            progress=args.progress,
         )
-        report = run_backtest(config)
+        report = harness.run(config, progress=args.progress, write=False).report
         a = report.arm("finetune")
         n_params = sum(
             features.buckets(f) for f in ("user", "item", "category", "brand", "device", "query")
@@ -562,7 +572,6 @@ def main() -> None:
             continue
         print(f"\n### {titles[part]}\n\n{body}\n")
         if args.write and not args.quick and not (part == "diginetica" and args.arms):
-            sys.path.insert(0, str(Path(__file__).parent))
             from _results import write_section
 
             print(f"wrote {write_section(ISSUE, titles[part], body)}")

@@ -24,8 +24,8 @@ import torch
 
 from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.features.encode import encode
-from freshrank.learn.backtest import make_optimizer
 from freshrank.learn.config import TrainConfig
+from freshrank.learn.optim import make_optimizer
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import build_strategy
 from freshrank.model.config import RankerConfig

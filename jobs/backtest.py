@@ -6,26 +6,19 @@ Examples::
     python jobs/backtest.py --data diginetica --periods 0-16 --train-candidates 3
     python jobs/backtest.py --data parquet --parquet week1.parquet week2.parquet week3.parquet
 
-Runs in one process (no Ray needed) and writes report.md, report.json and PNG plots into
-``--output-dir`` (default ``bench/out/backtest-<name>``).
+The ``freshrank backtest`` command as a ``ray job submit`` entrypoint: it runs in one process
+(no Ray needed), prints progress lines and a JSON summary, and ``--output FILE`` writes the
+whole result as JSON. Markdown reports and plots: ``python bench/backtest_harness.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse options, run the backtest, print the table and where the report went."""
-    from freshrank.learn.backtest import add_arguments, config_from_args, run_backtest
+    """Parse options, run the backtest, print the JSON summary."""
+    from freshrank.apps.backtest_cli import main as backtest_main
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    report = run_backtest(config_from_args(parser.parse_args(argv)))
-    print(report.markdown())
-    if report.output_dir is not None:
-        print(f"\nreport: {report.output_dir}/ ({', '.join(report.files)})")
-    return 0
+    return backtest_main(argv)
 
 
 if __name__ == "__main__":

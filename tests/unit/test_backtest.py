@@ -1,11 +1,11 @@
-"""The backtest end to end on tiny simulator data (in process, no Ray)."""
+"""The backtest library end to end on tiny simulator data (in process, no Ray): the figures of
+the result object. Report files, tables and plots: test_backtest_harness.py; the command:
+test_backtest_cli.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import experimental_strategies
 import numpy as np
@@ -17,15 +17,18 @@ from freshrank.features.encode import FeatureConfig
 from freshrank.learn.backtest import (
     Arm,
     BacktestConfig,
+    BacktestProgress,
+    ParquetData,
     Schedule,
     SimulatorData,
     arms_from_names,
+    recovery_windows,
+    run_backtest,
     run_periods,
 )
 from freshrank.learn.strategies import CombinedConfig, LwFConfig, ReplayConfig
 from freshrank.model.config import RankerConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 FEATURES = FeatureConfig(
     user_buckets=64,
     item_buckets=128,
@@ -59,8 +62,6 @@ def _config(**kw) -> BacktestConfig:
         model=MODEL,
         batch_size=64,
         forgetting_requests=10,
-        write_report=False,
-        progress=False,
         k=3,
     )
     base.update(kw)
@@ -98,10 +99,12 @@ def test_report_has_every_arm_period_and_metric(report, periods):
         assert np.isfinite(matrix[1]).all()
         assert arm.bwt("auc") == pytest.approx(matrix[1, 0] - matrix[0, 0])
         assert arm.train_s >= 0 and arm.eval_s > 0
-    text = report.markdown()
-    assert all(f"| {a.name} |" in text for a in report.arms)
-    assert "Recall@3 new" in report.item_age_markdown()
-    assert "Recall@3" in text and "vs joint" in text
+    assert arm.series("auc") == [m["auc"] for m in arm.prequential]
+    clicks = arm.clicks_by_item_age()
+    assert sum(clicks.values()) == sum(sum(p.test["clicked"].to_pylist()) for p in periods[1:])
+    recall = arm.recall_by_item_age(3)
+    assert set(recall) == {"new", "older", "unseen"}
+    assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in recall.values())
 
 
 def test_events_follow_each_schedule(report, periods):
@@ -128,33 +131,54 @@ def test_same_config_same_numbers(report, periods):
     assert math.isnan(report.gap_closed("nope", "auc"))
 
 
-def test_report_files_are_written(report, tmp_path):
-    from freshrank.learn.backtest import write_report
-
-    written = write_report(report, tmp_path / "out")
-    names = set(written.files)
-    assert {"report.md", "report.json", "metrics_per_period.png"} <= names
-    assert all((tmp_path / "out" / f).stat().st_size > 0 for f in names)
-    data = json.loads((tmp_path / "out" / "report.json").read_text())
+def test_to_dict_is_json_with_nan_as_null(report):
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert [a["name"] for a in data["arms"]] == [a.name for a in report.arms]
-    assert len(data["arms"][0]["accuracy"]["auc"]) == 2
-    assert (tmp_path / "out" / "metrics_per_period.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| joint |" in (tmp_path / "out" / "report.md").read_text()
+    first = data["arms"][0]
+    assert len(first["accuracy"]["auc"]) == 2 and first["accuracy"]["auc"][0][2] is None
+    assert first["bwt"]["auc"] == pytest.approx(report.arms[0].bwt("auc"))
+    assert first["events_trained"] == report.arms[0].events_trained
+    assert data["events_per_period"] == list(report.events_per_period)
 
 
-def test_job_runs_from_the_command_line(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("backtest_job", ROOT / "jobs" / "backtest.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    argv = [
-        "--data=simulator", "--sim-periods=2", "--sim-requests=50", "--sim-users=30",
-        "--sim-items=30", "--arms=finetune,joint", "--user-buckets=32", "--item-buckets=32",
-        "--query-buckets=32", "--embedding-dim=4", f"--output-dir={tmp_path}", "--no-progress",
-    ]  # fmt: skip
-    assert job.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "| finetune |" in out and "| joint |" in out
-    assert (tmp_path / "report.md").exists()
+def test_progress_callback_hears_every_tested_period(periods):
+    heard: list[BacktestProgress] = []
+    run_periods(periods, _config(arms=ARMS[:2], forgetting_requests=None), progress=heard.append)
+    assert [(p.arm, p.period, p.done, p.total) for p in heard] == [
+        ("static", "sim1", 1, 4),
+        ("static", "sim2", 2, 4),
+        ("finetune", "sim1", 3, 4),
+        ("finetune", "sim2", 4, 4),
+    ]
+    assert all(0.0 <= p.metrics["auc"] <= 1.0 for p in heard)
+
+
+def test_run_backtest_loads_the_data_it_names(tmp_path):
+    import pyarrow.parquet as pq
+
+    paths = []
+    for i, p in enumerate(DATA.load()):
+        path = tmp_path / f"week{i}.parquet"
+        pq.write_table(p.train, path)
+        paths.append(str(path))
+    data = ParquetData(tuple(paths), test_fraction=0.3)
+    report = run_backtest(_config(data=data, arms=ARMS[1:2], forgetting_requests=None))
+    assert report.periods == ("week0", "week1", "week2")
+    assert report.arm("finetune").new_events == sum(report.events_per_period[:2])
+
+
+def test_recovery_after_a_shift_counts_windows():
+    assert recovery_windows([0.70, 0.72, 0.60, 0.69, 0.715], shift_index=2) == 2
+    assert recovery_windows([0.70, 0.72, 0.80], shift_index=2) == 0
+    assert recovery_windows([0.70, 0.72, 0.60, 0.65], shift_index=2) is None
+    with pytest.raises(ValueError, match="shift_index must be in"):
+        recovery_windows([0.7, 0.7], shift_index=2)
+
+
+def test_arm_recovery_is_counted_from_the_shifted_period(report):
+    arm = report.arm("finetune")
+    series = arm.series("auc")  # series[i] tests period i + 1; the shift is before period 2
+    assert arm.recovery_windows(2, "auc", baseline=1) == recovery_windows(series, 1, baseline=1)
 
 
 def test_arm_names_and_config_errors():
@@ -174,6 +198,8 @@ def test_arm_names_and_config_errors():
         _config(arms=(Arm("a"), Arm("a")))
     with pytest.raises(ValueError, match="at least two periods"):
         run_periods([], _config())
+    with pytest.raises(ValueError, match="threads must be >= 1 or None"):
+        _config(threads=0)
 
 
 def test_optimizer_reset_and_forward_only_rows_are_per_arm(periods):

@@ -142,11 +142,20 @@ def test_load_periods_reads_in_order_and_explains_a_missing_directory(data_dir, 
         read_period(tmp_path, 7)
 
 
-def test_default_data_dir_is_next_to_the_repository(monkeypatch, tmp_path):
+def test_default_data_dir_is_relative_to_the_working_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("FRESHRANK_DIGINETICA", raising=False)
-    assert default_data_dir().parts[-3:] == ("shared", "data", "diginetica")
-    monkeypatch.setenv("FRESHRANK_DIGINETICA", str(tmp_path))
-    assert default_data_dir() == tmp_path
+    repo = tmp_path / "repo"
+    data = tmp_path / "shared" / "data" / "diginetica"
+    repo.mkdir()
+    data.mkdir(parents=True)
+    (data / "period_3.txt").write_text("1 2\n1 3\n")
+    monkeypatch.chdir(repo)
+    assert default_data_dir() == Path("../shared/data/diginetica")
+    assert DigineticaConfig().data_dir().resolve() == data.resolve()
+    assert available_periods(DigineticaConfig().data_dir()) == [3]
+    monkeypatch.setenv("FRESHRANK_DIGINETICA", str(tmp_path / "elsewhere"))
+    assert default_data_dir() == tmp_path / "elsewhere"
+    assert DigineticaConfig(path=str(data)).data_dir() == data  # an explicit path wins
 
 
 def test_config_errors_say_what_to_change():

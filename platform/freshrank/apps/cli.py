@@ -1,4 +1,5 @@
-"""The ``freshrank`` command: ``demo``, ``simulate``, ``train``, ``registry``.
+"""The ``freshrank`` command: ``demo``, ``simulate``, ``train``, ``status``, ``backtest``,
+``registry``.
 
 Every option of ``demo``, ``simulate`` and ``train`` comes from a field of a typed config
 dataclass; its ``--help`` text is the field's attribute docstring (the string literal right under
@@ -344,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(func=_cmd_status)
 
+    from freshrank.apps.backtest_cli import add_backtest_command
     from freshrank.apps.registry_cli import add_registry_commands
+
+    add_backtest_command(sub)
 
     add_registry_commands(sub)
     return parser

@@ -1,7 +1,9 @@
-"""Learning: the shard feed, replay buffers, strategies and the incremental Ray trainer."""
+"""Learning: the shard feed, replay buffers, strategies, the optimizer and the incremental Ray
+trainer; backtests in ``freshrank.learn.backtest``."""
 
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.feed import ShardFeed, ShardPlan, Window
+from freshrank.learn.optim import make_optimizer
 from freshrank.learn.replay import ReservoirBuffer
 from freshrank.learn.train import TrainSummary, run_training
 
@@ -12,5 +14,6 @@ __all__ = [
     "TrainConfig",
     "TrainSummary",
     "Window",
+    "make_optimizer",
     "run_training",
 ]

@@ -12,8 +12,9 @@ from freshrank.learn.strategies import (
     parse_strategy,
 )
 from freshrank.model.config import RankerConfig
+from freshrank.registry.promotion import PromotionMode
 
-PROMOTION_MODES: tuple[str, ...] = ("gate", "finite", "manual")
+PROMOTION_MODES: tuple[str, ...] = tuple(m.value for m in PromotionMode)
 """How the trainer promotes the versions it writes (see ``TrainConfig.promotion``)."""
 
 

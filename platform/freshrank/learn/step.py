@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from freshrank.features.encode import concat_inputs, num_rows, slice_inputs
 from freshrank.learn.strategies import Strategy
 from freshrank.model.device import to_tensors
+from freshrank.model.scoring import DEFAULT_CHUNK_ROWS, score_logits
 
 
 @dataclass(frozen=True)
@@ -149,24 +150,13 @@ def score_rows(
     model: nn.Module,
     rows: Mapping[str, np.ndarray],
     device: torch.device,
-    batch_size: int = 65_536,
+    batch_size: int = DEFAULT_CHUNK_ROWS,
     use_position: bool = True,
 ) -> np.ndarray:
     """Logits for every row, in eval mode without gradients (float64 numpy, shape (B,)).
 
     ``use_position=True`` scores clicks as logged (what the training loss sees);
-    ``False`` scores relevance alone (what serving ranks by).
+    ``False`` scores relevance alone (what serving ranks by). The loop is
+    :func:`freshrank.model.scoring.score_logits`, ``batch_size`` rows at a time.
     """
-    n = num_rows(rows)
-    if n == 0:
-        return np.zeros(0)
-    core = getattr(model, "module", model)
-    was_training = core.training
-    core.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            part = to_tensors(slice_inputs(rows, slice(start, start + batch_size)), device)
-            out.append(core(part, use_position=use_position).cpu().numpy())
-    core.train(was_training)
-    return np.concatenate(out).astype(np.float64)
+    return score_logits(model, rows, device, chunk_rows=batch_size, use_position=use_position)

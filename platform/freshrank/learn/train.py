@@ -14,12 +14,10 @@ or job resumes exactly after the last checkpointed window.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,9 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from freshrank.core.serialization import npz_bytes
 from freshrank.drift.monitor import DriftMonitor, WindowSketch
 from freshrank.drift.sketches import NumericHistogram
 from freshrank.evaluation.classification import log_loss, roc_auc
@@ -38,24 +34,35 @@ from freshrank.evaluation.ranking import ranking_report
 from freshrank.events.landing import LandingZone
 from freshrank.features.encode import FeatureConfig, num_rows
 from freshrank.features.reading import read_shards
+from freshrank.learn.collectives import all_gather, all_reduce_sum, broadcast, rank_world
 from freshrank.learn.config import TrainConfig
-from freshrank.learn.feed import ShardFeed, ShardPlan, Window
+from freshrank.learn.feed import ShardFeed, Window
+from freshrank.learn.gating import ChampionScorer, GateJudge, say
+from freshrank.learn.optim import load_optimizer_state, make_optimizer
+from freshrank.learn.publish import (
+    WindowProgress,
+    WindowReport,
+    checkpoint_window,
+    export_window_metrics,
+)
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import Strategy, build_strategy, reshard_state
+from freshrank.learn.window_io import assign_shards, configure_ray_data, warm_up_reader
 from freshrank.model.device import backend_for, pick_device
 from freshrank.model.ranker import Ranker
 from freshrank.registry.checkpoint import (
-    DRIFT_FILE,
     TrainingState,
     load_latest_or_init,
-    load_serving_model,
-    metrics_are_finite,
-    promote_if_finite,
-    save_checkpoint,
 )
 from freshrank.registry.control import FencedOut, TrainerControl
-from freshrank.registry.promotion import GateConfig, Promoter, PromotionOutcome, metrics_from_logits
-from freshrank.registry.store import CorruptVersion, Registry, VersionInfo
+from freshrank.registry.promotion import (
+    GateConfig,
+    Promoter,
+    PromotionMode,
+    PromotionPolicy,
+    metrics_from_logits,
+)
+from freshrank.registry.store import Registry
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     from freshrank.core.telemetry import NullTelemetry, default_telemetry
 
     config: TrainConfig = loop_config["config"]
-    _configure_ray_data()
+    configure_ray_data()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = pick_device(config.use_gpu)
@@ -158,9 +165,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     if state is not None:
         core.load_state_dict(state.model_state)
     model = ray.train.torch.prepare_model(core)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = make_optimizer(model, config.learning_rate)
     if state is not None and state.optimizer_state is not None:
-        optimizer.load_state_dict(state.optimizer_state)
+        load_optimizer_state(optimizer, state.optimizer_state)
     strategy = build_strategy(config.strategy_config(), rank)
     if state is not None:
         strategy.load_state_dict(_strategy_part(state.replay_state, rank, world))
@@ -174,21 +181,32 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     )
     metrics = default_telemetry() if rank == 0 else NullTelemetry()
     drift = _drift_monitor(state, metrics) if config.drift else None
-    progress = _Progress.from_state(state)
+    progress = WindowProgress.from_state(state)
     control = TrainerControl(config.registry)
     epoch = control.claim() if rank == 0 else ""
     promoter = Promoter(registry, GateConfig(min_rows=config.gate_min_rows), metrics=metrics)
-    gate = _GateJudge(registry, promoter, control, epoch, config.gate_min_rows, metrics)
-    pending = _pending_challenger(registry, progress) if config.promotion == "gate" else None
-    champion_scorer = _ChampionScorer(registry, device)
+    policy = PromotionPolicy(PromotionMode(config.promotion), promoter)
+    gate = GateJudge(policy, control, epoch)
+    pending = policy.pending_after_restart(progress.version)
     fenced = False
-    _warm_up_reader(model_config.features, registry, rank)
-    _all_gather(None)  # every rank is ready
+    warm_up_reader(model_config.features, registry, rank)
+    all_gather(None)  # every rank is ready
     if rank == 0:
         registry.write_trainer_status(
             {"state": "ready", "version": progress.version, "cursor": feed.cursor}
         )
-    rng = np.random.default_rng(config.seed * 104729 + rank + progress.windows)
+    worker = _Worker(
+        model=model,
+        core=core,
+        optimizer=optimizer,
+        strategy=strategy,
+        drift=drift,
+        champion=ChampionScorer(registry, device),
+        features=model_config.features,
+        config=config,
+        device=device,
+        rng=np.random.default_rng(config.seed * 104729 + rank + progress.windows),
+    )
 
     while True:
         plan = None
@@ -198,45 +216,33 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 champion = registry.champion_version()
                 judged = pending if pending is not None and pending != champion else None
                 plan = _Plan(window, judged, champion)
-        plan = _broadcast(plan)
+        plan = broadcast(plan)
         if plan is None:
             break
 
-        report = _train_window(
-            plan,
-            model,
-            core,
-            optimizer,
-            strategy,
-            drift,
-            champion_scorer,
-            model_config.features,
-            config,
-            device,
-            rng,
-            functools.partial(gate.judge, plan)
-            if rank == 0 and plan.challenger is not None
-            else None,
-        )
+        judge = None
+        if rank == 0 and plan.challenger is not None:
+            judge = functools.partial(gate.judge, plan.challenger, plan.champion)
+        report = _train_window(plan, worker, judge)
         fenced = fenced or gate.fenced
         if plan.challenger is not None:
             pending = None  # judged now, or superseded by the version this window makes
-        strategy_parts = _all_gather(_numpy_state(strategy.state_dict()))
+        strategy_parts = all_gather(_numpy_state(strategy.state_dict()))
         if rank == 0 and not fenced:
             try:
                 control.check(epoch)
             except FencedOut as exc:  # a newer trainer owns the registry: publish nothing more
-                _say(str(exc))
+                say(str(exc))
                 fenced = True
             else:
-                info = _checkpoint_window(
+                info = checkpoint_window(
                     registry, plan.window, report, core, optimizer, strategy_parts, drift, progress
                 )
                 feed.commit(plan.window)
-                pending = _promote_new_version(registry, info, config, promoter, metrics)
+                pending = policy.after_checkpoint(info)
                 if config.keep_versions is not None:
                     registry.prune(config.keep_versions)
-                _export_window_metrics(metrics, plan.window, report, progress)
+                export_window_metrics(metrics, plan.window, report, progress)
         ray.train.report({"window": progress.windows, **report.metrics})
     if rank == 0 and not fenced:
         registry.write_trainer_status(
@@ -246,25 +252,6 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 "cursor": feed.cursor,
                 "pending": pending,
             }
-        )
-
-
-@dataclass
-class _Progress:
-    version: int | None
-    windows: int
-    events_trained: int
-    watermark: float | None
-
-    @classmethod
-    def from_state(cls, state: TrainingState | None) -> _Progress:
-        if state is None:
-            return cls(None, 0, 0, None)
-        return cls(
-            state.version,
-            int(state.manifest.get("window_index", 0)),
-            state.events_trained,
-            state.watermark,
         )
 
 
@@ -278,131 +265,21 @@ class _Plan:
     champion: int | None
 
 
-@dataclass
-class _WindowReport:
-    rows: int
-    metrics: dict[str, float | None]
-    timings: dict[str, float]
-    read_at: float
-    """Wall-clock time the window's rows were read (the landed_to_read stage ends here)."""
-    trained_at: float
-    drift_alarms: tuple[str, ...] = ()
+@dataclass(frozen=True)
+class _Worker:
+    """What stays fixed for one worker across windows (the objects, not their state)."""
 
-
-class _GateJudge:
-    """Rank 0's gate: after a window is scored and before anyone trains on it, judge the
-    previous version against the champion on those rows (fresh for both)."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        promoter: Promoter,
-        control: TrainerControl,
-        epoch: str,
-        min_rows: int,
-        metrics: Any,
-    ) -> None:
-        self.registry, self.promoter, self.control = registry, promoter, control
-        self.epoch, self.min_rows, self.metrics = epoch, min_rows, metrics
-        self.fenced = False
-
-    def judge(
-        self, plan: _Plan, new: dict[str, Any], old: dict[str, Any] | None, notes: list[str]
-    ) -> None:
-        assert plan.challenger is not None
-        if new.get("rows", 0) < self.min_rows and plan.champion is not None:
-            _say(
-                f"v{plan.challenger} not judged: only "
-                f"{int(new.get('rows', 0))} fresh rows (gate_min_rows {self.min_rows}); "
-                "the next version supersedes it",
-            )
-            return
-        try:
-            self.control.check(self.epoch)
-        except FencedOut as exc:
-            _say(str(exc))
-            self.fenced = True
-            return
-        result = self.promoter.decide(plan.challenger, new, old, plan.champion, notes)
-        _say(
-            f"gate: v{plan.challenger} {result.outcome.value} "
-            f"(champion v{plan.champion}): {'; '.join(result.reasons)}",
-        )
-        if result.outcome is PromotionOutcome.PROMOTED:
-            created = self.registry.get(plan.challenger).manifest.get("created_at")
-            if created is not None:
-                self.metrics.observe(
-                    "freshrank_stage_latency_seconds",
-                    time.time() - float(created),
-                    tags={"stage": "checkpointed_to_promoted"},
-                )
-
-
-def _pending_challenger(registry: Registry, progress: _Progress) -> int | None:
-    """After a restart: the latest version, if the gate never judged it (no promotion-log entry
-    names it) and it is not the champion. A version rolled back from is never re-judged."""
-    latest = progress.version
-    if latest is None or latest == registry.champion_version():
-        return None
-    for event in registry.promotions():
-        if latest in (event.get("to_version"), event.get("from_version")):
-            return None
-    return latest
-
-
-def _promote_new_version(
-    registry: Registry, info: Any, config: TrainConfig, promoter: Promoter, metrics: Any
-) -> int | None:
-    """Rank 0, right after checkpointing: promote now (``finite``, or the first version under
-    ``gate``), or return the version for the gate to judge on the next window's rows."""
-    if config.promotion == "manual":
-        return None
-    first = registry.champion_version() is None
-    if config.promotion == "finite" or first or not metrics_are_finite(info.manifest["metrics"]):
-        if promote_if_finite(registry, info):
-            outcome = "promoted"
-            metrics.observe(
-                "freshrank_stage_latency_seconds",
-                time.time() - float(info.manifest["created_at"]),
-                tags={"stage": "checkpointed_to_promoted"},
-            )
-        else:
-            outcome = "rejected"
-        metrics.inc("freshrank_promotions_total", tags={"outcome": outcome})
-        return None
-    return info.version
-
-
-class _ChampionScorer:
-    """Each rank's copy of the champion, for the gate: reloaded when the champion changes."""
-
-    def __init__(self, registry: Registry, device: torch.device) -> None:
-        self.registry = registry
-        self.device = device
-        self.version: int | None = None
-        self.model: Ranker | None = None
-        self._offered: tuple[int, Ranker] | None = None
-
-    def offer(self, version: int, model: Ranker) -> None:
-        """Keep a copy of ``model``, whose weights are ``version``'s: if the gate promotes it,
-        the next window scores the champion with it instead of loading it from the registry."""
-        copy_ = copy.deepcopy(model)
-        copy_.eval()
-        self._offered = (version, copy_)
-
-    def logits(self, version: int, rows: Mapping[str, np.ndarray]) -> np.ndarray | str:
-        """Click logits of the champion on ``rows``, or why it could not be scored."""
-        if self.version != version and self._offered and self._offered[0] == version:
-            self.version, self.model = self._offered
-            self._offered = None
-        if self.version != version:
-            try:
-                served = load_serving_model(self.registry, version)
-            except (CorruptVersion, KeyError, FileNotFoundError) as exc:
-                return f"champion v{version} cannot be loaded ({type(exc).__name__}: {exc})"
-            self.model, self.version = served.model.to(self.device), version
-        assert self.model is not None
-        return score_rows(self.model, rows, self.device, use_position=True)
+    model: torch.nn.Module
+    """The DDP-prepared model the optimizer steps (``core`` inside it)."""
+    core: Ranker
+    optimizer: torch.optim.Optimizer
+    strategy: Strategy
+    drift: DriftMonitor | None
+    champion: ChampionScorer
+    features: FeatureConfig
+    config: TrainConfig
+    device: torch.device
+    rng: np.random.Generator
 
 
 def _drift_monitor(state: TrainingState | None, metrics: Any) -> DriftMonitor:
@@ -415,7 +292,7 @@ def _next_window(
     feed: ShardFeed,
     landing: LandingZone,
     config: TrainConfig,
-    progress: _Progress,
+    progress: WindowProgress,
     metrics: Any,
     control: TrainerControl,
 ) -> Window | None:
@@ -449,107 +326,54 @@ def _next_window(
 Judge = Callable[[dict[str, Any], "dict[str, Any] | None", list[str]], None]
 
 
-def _train_window(
-    plan: _Plan,
-    model: torch.nn.Module,
-    core: Ranker,
-    optimizer: torch.optim.Optimizer,
-    strategy: Strategy,
-    drift: DriftMonitor | None,
-    champion_scorer: _ChampionScorer,
-    features: FeatureConfig,
-    config: TrainConfig,
-    device: torch.device,
-    rng: np.random.Generator,
-    judge: Judge | None,
-) -> _WindowReport:
+def _train_window(plan: _Plan, w: _Worker, judge: Judge | None) -> WindowReport:
     """One window on one worker: read, evaluate first (and judge the previous version on these
-    rows), train with the strategy, sketch for drift. Same collectives on every rank."""
-    rank, world = _rank_world()
+    rows), sketch for drift, train with the strategy. Same collectives on every rank."""
+    rank, world = rank_world()
     t0 = time.perf_counter()
-    paths, filesystem = LandingZone(config.landing).read_source(
-        _assign(plan.window.shards, rank, world)
+    paths, filesystem = LandingZone(w.config.landing).read_source(
+        assign_shards(plan.window.shards, rank, world)
     )
-    rows, requests = read_shards(paths, features, filesystem)
-    n_local = num_rows(rows)
-    counts = _all_gather(n_local)
+    rows, requests = read_shards(paths, w.features, filesystem)
+    counts = all_gather(num_rows(rows))
     read_at = time.time()
     t_read = time.perf_counter()
 
-    # Evaluate first (prequential): score the window before learning from it. Click logits
-    # (position included, what the loss sees) and relevance (what serving ranks by).
-    click = score_rows(core, rows, device, use_position=True)
-    relevance = score_rows(core, rows, device, use_position=False)
-    champion: np.ndarray | str | None = None
-    if plan.challenger is not None and plan.champion is not None:
-        champion = champion_scorer.logits(plan.champion, rows)
-    if plan.challenger is not None:  # these weights are the challenger's until we train
-        champion_scorer.offer(plan.challenger, core)
-    gathered = _all_gather((rows["label"], click, relevance, requests, champion))
-    labels_all = np.concatenate([g[0] for g in gathered])
-    click_all = np.concatenate([g[1] for g in gathered])
-    relevance_all = np.concatenate([g[2] for g in gathered])
-    requests_all = np.concatenate([g[3] for g in gathered])
-    auc = roc_auc(labels_all, click_all)
-    ranking = ranking_report(requests_all, labels_all, relevance_all, k=20, ndcg_k=10)
-    if judge is not None:
-        new = metrics_from_logits(labels_all, click_all)
-        problems = [g[4] for g in gathered if isinstance(g[4], str)]
-        old = None
-        if plan.champion is not None and not problems:
-            old = metrics_from_logits(labels_all, np.concatenate([g[4] for g in gathered]))
-        judge(new, old, [f"{p}: judged without it" for p in problems[:1]])
+    metrics, relevance = _evaluate_first(plan, w, rows, requests, judge)
     t_eval = time.perf_counter()
 
     # Drift: every rank sketches its rows; every rank merges the same parts (so every rank's
     # monitor stays identical); rank 0's monitor exports the statistics.
     alarms: tuple[str, ...] = ()
     merged = None
-    if drift is not None:
-        part = drift.sketch(rows, scores=relevance)
-        merged = WindowSketch.merge_all(_all_gather(part))
-        report = drift.check(merged)
-        alarms = tuple(f"{a.feature}/{a.statistic.value}" for a in report.alarms)
+    if w.drift is not None:
+        merged = WindowSketch.merge_all(all_gather(w.drift.sketch(rows, scores=relevance)))
+        alarms = tuple(f"{a.feature}/{a.statistic.value}" for a in w.drift.check(merged).alarms)
     t_drift = time.perf_counter()
 
     # Train: every rank takes the same number of steps (DDP), padding with empty batches.
-    steps = math.ceil(max(counts) / config.batch_size)
     result = train_window(
-        model,
-        optimizer,
+        w.model,
+        w.optimizer,
         rows,
-        strategy,
-        batch_size=config.batch_size,
-        rng=rng,
-        device=device,
-        steps=steps,
-        reduce_sum=lambda v: _all_reduce_sum(v, device),
+        w.strategy,
+        batch_size=w.config.batch_size,
+        rng=w.rng,
+        device=w.device,
+        steps=math.ceil(max(counts) / w.config.batch_size),
+        reduce_sum=lambda v: all_reduce_sum(v, w.device),
         world=world,
     )
-    loss_global = _all_reduce_sum(result.task_loss_sum, device) / max(
-        _all_reduce_sum(float(result.rows), device), 1.0
-    )
-    if drift is not None and merged is not None:
-        # The reference is what the model has now trained on; its score distribution is the
-        # trained model's scores on these rows (see ReferenceProfile.with_model_scores).
-        hist = NumericHistogram(drift.config.score_edges)
-        hist.update(score_rows(core, rows, device, use_position=False))
-        scores_all = functools.reduce(lambda a, b: a.merge(b), _all_gather(hist))
-        drift.absorb(merged)
-        drift.replace_reference(drift.reference.with_model_scores(scores_all))
+    loss_sum = all_reduce_sum(result.task_loss_sum, w.device)
+    loss = loss_sum / max(all_reduce_sum(float(result.rows), w.device), 1.0)
+    if w.drift is not None and merged is not None:
+        _absorb_drift(w, rows, merged)
     trained_at = time.time()
     t_train = time.perf_counter()
 
-    return _WindowReport(
+    return WindowReport(
         rows=int(sum(counts)),
-        metrics={
-            "loss": loss_global,
-            "eval_auc": None if math.isnan(auc) else auc,
-            "eval_logloss": log_loss(labels_all, click_all),
-            "eval_ctr": float(labels_all.mean()) if len(labels_all) else None,
-            "eval_gauc": _finite_or_none(ranking["gauc"]),
-            "eval_ndcg10": _finite_or_none(ranking["ndcg@10"]),
-        },
+        metrics={"loss": loss, **metrics},
         timings={
             "read_s": t_read - t0,
             "eval_s": t_eval - t_read,
@@ -563,200 +387,64 @@ def _train_window(
     )
 
 
+def _evaluate_first(
+    plan: _Plan,
+    w: _Worker,
+    rows: Mapping[str, np.ndarray],
+    requests: np.ndarray,
+    judge: Judge | None,
+) -> tuple[dict[str, float | None], np.ndarray]:
+    """Prequential: score the window before learning from it, over every rank's rows; the
+    window's metrics and this rank's relevance scores. Click logits (position included, what
+    the loss sees) and relevance (what serving ranks by); rank 0 judges the pending version
+    (whose weights these still are) against the champion on the same rows."""
+    core, device = w.core, w.device
+    click = score_rows(core, rows, device, use_position=True)
+    relevance = score_rows(core, rows, device, use_position=False)
+    champion: np.ndarray | str | None = None
+    if plan.challenger is not None and plan.champion is not None:
+        champion = w.champion.logits(plan.champion, rows)
+    if plan.challenger is not None:  # these weights are the challenger's until we train
+        w.champion.offer(plan.challenger, core)
+    gathered = all_gather((rows["label"], click, relevance, requests, champion))
+    labels_all = np.concatenate([g[0] for g in gathered])
+    click_all = np.concatenate([g[1] for g in gathered])
+    relevance_all = np.concatenate([g[2] for g in gathered])
+    requests_all = np.concatenate([g[3] for g in gathered])
+    auc = roc_auc(labels_all, click_all)
+    ranking = ranking_report(requests_all, labels_all, relevance_all, k=20, ndcg_k=10)
+    if judge is not None:
+        new = metrics_from_logits(labels_all, click_all)
+        problems = [g[4] for g in gathered if isinstance(g[4], str)]
+        old = None
+        if plan.champion is not None and not problems:
+            old = metrics_from_logits(labels_all, np.concatenate([g[4] for g in gathered]))
+        judge(new, old, [f"{p}: judged without it" for p in problems[:1]])
+    metrics = {
+        "eval_auc": None if math.isnan(auc) else auc,
+        "eval_logloss": log_loss(labels_all, click_all),
+        "eval_ctr": float(labels_all.mean()) if len(labels_all) else None,
+        "eval_gauc": _finite_or_none(ranking["gauc"]),
+        "eval_ndcg10": _finite_or_none(ranking["ndcg@10"]),
+    }
+    return metrics, relevance
+
+
+def _absorb_drift(w: _Worker, rows: Mapping[str, np.ndarray], merged: WindowSketch) -> None:
+    """After training: the reference is what the model has now trained on; its score
+    distribution is the trained model's scores on these rows (every rank's, merged; see
+    ReferenceProfile.with_model_scores)."""
+    drift = w.drift
+    assert drift is not None
+    hist = NumericHistogram(drift.config.score_edges)
+    hist.update(score_rows(w.core, rows, w.device, use_position=False))
+    scores_all = functools.reduce(lambda a, b: a.merge(b), all_gather(hist))
+    drift.absorb(merged)
+    drift.replace_reference(drift.reference.with_model_scores(scores_all))
+
+
 def _finite_or_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _checkpoint_window(
-    registry: Registry,
-    window: Window,
-    report: _WindowReport,
-    core: Ranker,
-    optimizer: torch.optim.Optimizer,
-    strategy_parts: list[dict[str, np.ndarray]],
-    drift: DriftMonitor | None,
-    progress: _Progress,
-) -> VersionInfo:
-    """Rank 0: publish the window's version (promotion is decided by the caller)."""
-    if report.rows != window.rows_valid:
-        raise RuntimeError(
-            f"window read {report.rows} rows but validation counted {window.rows_valid}: "
-            f"shards {[s.seq for s in window.shards]}"
-        )
-    t0 = time.perf_counter()
-    watermark = max(
-        (w for w in (progress.watermark, window.max_event_time) if w is not None), default=None
-    )
-    manifest = {
-        "parent": progress.version,
-        "cursor": window.cursor,
-        "shards": [s.seq for s in window.shards],
-        "shard_landed_at": {str(s.seq): s.landed_at for s in window.shards},
-        "quarantined": [list(q) for q in window.quarantined],
-        "rows_dropped": window.rows_dropped,
-        "window_events": report.rows,
-        "events_trained": progress.events_trained + report.rows,
-        "window_index": progress.windows + 1,
-        "watermark": watermark,
-        "metrics": report.metrics,
-        "timings": dict(report.timings),
-        "stage_times": {"read_at": report.read_at, "trained_at": report.trained_at},
-        "drift_alarms": list(report.drift_alarms),
-        "world_size": len(strategy_parts),
-        "trained_at": report.trained_at,
-    }
-    strategy_state: dict[str, np.ndarray] = {}
-    for r, part in enumerate(strategy_parts):
-        strategy_state.update({f"rank{r}/{k}": v for k, v in part.items()})
-    extra = (
-        {DRIFT_FILE: npz_bytes(drift.state_dict(), compressed=True)} if drift is not None else {}
-    )
-    info = save_checkpoint(
-        registry,
-        core.config,
-        core.state_dict(),
-        optimizer.state_dict(),
-        strategy_state,
-        manifest,
-        extra_files=extra,
-    )
-    progress.version = info.version
-    progress.windows += 1
-    progress.events_trained += report.rows
-    progress.watermark = watermark
-    report.timings["checkpoint_s"] = time.perf_counter() - t0
-    alarms = f" drift {','.join(report.drift_alarms)}" if report.drift_alarms else ""
-    _say(
-        f"v{info.version}: window {progress.windows} "
-        f"shards {manifest['shards'][0]}..{manifest['shards'][-1]} events {report.rows} "
-        f"auc {_fmt(report.metrics['eval_auc'])} gauc {_fmt(report.metrics['eval_gauc'])} "
-        f"loss {_fmt(report.metrics['loss'])} total {progress.events_trained}{alarms}",
-    )
-    return info
-
-
-def _export_window_metrics(
-    metrics: Any, window: Window, report: _WindowReport, progress: _Progress
-) -> None:
-    metrics.inc("freshrank_events_trained_total", float(report.rows))
-    metrics.inc("freshrank_windows_trained_total")
-    metrics.inc("freshrank_shards_trained_total", float(len(window.shards)))
-    if window.rows_dropped:
-        metrics.inc("freshrank_rows_dropped_total", float(window.rows_dropped))
-    for name, key in (
-        ("freshrank_window_auc", "eval_auc"),
-        ("freshrank_window_logloss", "eval_logloss"),
-        ("freshrank_window_gauc", "eval_gauc"),
-        ("freshrank_window_ndcg", "eval_ndcg10"),
-    ):
-        if report.metrics.get(key) is not None:
-            metrics.set(name, float(report.metrics[key]))  # type: ignore[arg-type]
-    metrics.set("freshrank_trainer_model_version", float(progress.version or 0))
-    now = time.time()
-    stage = "freshrank_stage_latency_seconds"
-    for shard in window.shards:
-        metrics.observe("freshrank_update_latency_seconds", now - shard.landed_at)
-        metrics.observe(stage, report.read_at - shard.landed_at, tags={"stage": "landed_to_read"})
-    metrics.observe(stage, report.trained_at - report.read_at, tags={"stage": "read_to_trained"})
-    metrics.observe(stage, now - report.trained_at, tags={"stage": "trained_to_checkpointed"})
-
-
-def _say(message: str) -> None:
-    """One line of the trainer's log. Written to stdout directly: Ray Train patches ``print``
-    in its workers to also log through the root logger, which shows every line twice."""
-    sys.stdout.write(f"[freshrank trainer] {message}\n")
-    sys.stdout.flush()
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a window with Ray Data.
-
-
-def _configure_ray_data() -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    # Ray 2.60's parquet datasource V2 starts footer-reader actors on every execution
-    # (9-13 s per small window measured here); V1 reads a small window in well under a second.
-    ctx.use_datasource_v2 = False
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-
-
-def _warm_up_reader(features: FeatureConfig, registry: Registry, rank: int) -> None:
-    """Run one tiny read so Ray Data's worker processes exist before the first real window.
-
-    The first execution in a fresh worker pays for starting processes and importing torch
-    (about 20 s measured on 2 cores); paying it here keeps it out of the first window's latency.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from freshrank.features.encode import candidates_table
-
-    # One row (an empty file would plan no read task and start nothing); it has no event id,
-    # so the read drops it like any row missing a required field. Written where the registry
-    # lives, so the warm-up also checks that the workers can read from there.
-    sink = pa.BufferOutputStream()
-    pq.write_table(candidates_table("warmup", "warm up", [{"item_id": "w"}]), sink)
-    name = f"_warmup/rank{rank}.parquet"
-    registry.storage.write_atomic(name, sink.getvalue().to_pybytes())
-    paths, filesystem = registry.storage.source([name])
-    read_shards(paths, features, filesystem)
-
-
-def _assign(shards: tuple[ShardPlan, ...], rank: int, world: int) -> list[str]:
-    """Balance shards over ranks by rows (largest first onto the least loaded rank).
-
-    >>> plans = tuple(ShardPlan(i, f"s{i}", 0.0, r, 0, None) for i, r in enumerate([5, 3, 3, 1]))
-    >>> _assign(plans, 0, 2), _assign(plans, 1, 2)
-    (['s0', 's3'], ['s1', 's2'])
-    """
-    load = [0] * world
-    owner: dict[str, int] = {}
-    for shard in sorted(shards, key=lambda s: (-s.rows_valid, s.seq)):
-        r = min(range(world), key=lambda i: (load[i], i))
-        owner[shard.path] = r
-        load[r] += shard.rows_valid
-    return [s.path for s in sorted(shards, key=lambda s: s.seq) if owner[s.path] == rank]
-
-
-# ---------------------------------------------------------------------------------------------
-# Collectives (no-ops in a single process).
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _broadcast(obj: Any) -> Any:
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _all_gather(obj: Any) -> list[Any]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _all_reduce_sum(value: float, device: torch.device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item())
 
 
 def _numpy_state(state: Mapping[str, Any]) -> dict[str, np.ndarray]:

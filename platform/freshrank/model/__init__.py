@@ -1,4 +1,4 @@
-"""The ranker and its configuration."""
+"""The ranker, its configuration and chunked no-grad scoring."""
 
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import (
@@ -9,6 +9,7 @@ from freshrank.model.ranker import (
     Ranker,
     SparseArch,
 )
+from freshrank.model.scoring import score_logits
 
 __all__ = [
     "DenseArch",
@@ -18,4 +19,5 @@ __all__ = [
     "Ranker",
     "RankerConfig",
     "SparseArch",
+    "score_logits",
 ]

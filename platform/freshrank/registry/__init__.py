@@ -6,8 +6,6 @@ from freshrank.registry.checkpoint import (
     TrainingState,
     load_latest_or_init,
     load_serving_model,
-    metrics_are_finite,
-    promote_if_finite,
     save_checkpoint,
 )
 from freshrank.registry.promotion import (
@@ -17,9 +15,13 @@ from freshrank.registry.promotion import (
     GateDecision,
     MetricTolerance,
     Promoter,
+    PromotionMode,
     PromotionOutcome,
+    PromotionPolicy,
     PromotionResult,
     evaluate_gate,
+    metrics_are_finite,
+    promote_if_finite,
     score_rows,
 )
 from freshrank.registry.store import (
@@ -41,7 +43,9 @@ __all__ = [
     "GateDecision",
     "MetricTolerance",
     "NoRollbackTarget",
+    "PromotionMode",
     "PromotionOutcome",
+    "PromotionPolicy",
     "PromotionResult",
     "Promoter",
     "Registry",

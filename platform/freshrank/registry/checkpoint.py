@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,32 +106,3 @@ def load_serving_model(registry: Registry, version: int) -> ServingModel:
     model.load_state_dict(registry.load_torch(info, MODEL_FILE))
     model.eval()
     return ServingModel(version, model, info.manifest.get("watermark"), info.manifest)
-
-
-def metrics_are_finite(metrics: Mapping[str, Any]) -> bool:
-    """True when every numeric metric is finite (NaN or inf means the window went wrong).
-
-    >>> metrics_are_finite({"auc": 0.7, "logloss": 0.4})
-    True
-    >>> metrics_are_finite({"auc": float("nan")})
-    False
-    """
-    for value in metrics.values():
-        if isinstance(value, int | float) and not math.isfinite(float(value)):
-            return False
-    return True
-
-
-def promote_if_finite(registry: Registry, info: VersionInfo) -> bool:
-    """Make ``info`` champion when its window metrics are finite; log a rejection otherwise."""
-    metrics = info.manifest.get("metrics", {})
-    if metrics_are_finite(metrics) and "loss" in metrics:
-        registry.set_champion(info.version, reason="window metrics finite")
-        return True
-    registry.log_event(
-        "rejected",
-        to_version=info.version,
-        from_version=registry.champion_version(),
-        reason=f"non-finite or missing window metrics: {metrics}",
-    )
-    return False

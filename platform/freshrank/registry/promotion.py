@@ -10,11 +10,16 @@ metrics are not finite is never promoted; nor is one judged on fewer than ``min_
 rejected, never loaded), scores them, decides, then writes the champion pointer (compare and
 set: if someone else moved the champion meanwhile, nothing is overwritten) or logs the
 rejection with its reasons; every decision counts in ``freshrank_promotions_total{outcome}``.
+
+:class:`PromotionPolicy` is what the trainer promotes and when (:class:`PromotionMode`): the
+trainer checkpoints a version, asks the policy, and, under the gate, hands it the metrics of
+the next window's rows.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -22,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from freshrank.model.scoring import DEFAULT_CHUNK_ROWS, score_logits
 from freshrank.registry.checkpoint import ServingModel, load_serving_model
-from freshrank.registry.store import ChampionChanged, CorruptVersion, Registry
+from freshrank.registry.store import ChampionChanged, CorruptVersion, Registry, VersionInfo
 
 if TYPE_CHECKING:
     from freshrank.core.telemetry import Telemetry
@@ -212,24 +218,14 @@ def evaluate_gate(
 
 
 def score_rows(
-    served: ServingModel, rows: Mapping[str, np.ndarray], chunk_rows: int = 65536
+    served: ServingModel, rows: Mapping[str, np.ndarray], chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> dict[str, float | None]:
     """AUC, log loss and CTR of ``served`` on encoded ``rows`` (click logits, with position).
 
     AUC is None when the rows hold only one class (it is undefined there).
     """
-    import torch
-
-    from freshrank.model.device import to_tensors
-
     labels = np.asarray(rows["label"], dtype=np.float64)
-    n = len(labels)
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, n, chunk_rows):
-            chunk = {k: v[start : start + chunk_rows] for k, v in rows.items()}
-            parts.append(served.model(to_tensors(chunk, torch.device("cpu"))).numpy())
-    logits = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    logits = score_logits(served.model, rows, chunk_rows=chunk_rows)
     return metrics_from_logits(labels, logits)
 
 
@@ -426,3 +422,126 @@ def _details(new: Mapping[str, Any] | None, old: Mapping[str, Any] | None) -> di
     if old is not None:
         out["champion_metrics"] = dict(old)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# What the trainer promotes, and when
+
+
+def metrics_are_finite(metrics: Mapping[str, Any]) -> bool:
+    """True when every numeric metric is finite (NaN or inf means the window went wrong).
+
+    >>> metrics_are_finite({"auc": 0.7, "logloss": 0.4})
+    True
+    >>> metrics_are_finite({"auc": float("nan")})
+    False
+    """
+    for value in metrics.values():
+        if isinstance(value, int | float) and not math.isfinite(float(value)):
+            return False
+    return True
+
+
+def promote_if_finite(registry: Registry, info: VersionInfo) -> bool:
+    """Make ``info`` champion when its window metrics are finite; log a rejection otherwise."""
+    metrics = info.manifest.get("metrics", {})
+    if metrics_are_finite(metrics) and "loss" in metrics:
+        registry.set_champion(info.version, reason="window metrics finite")
+        return True
+    registry.log_event(
+        "rejected",
+        to_version=info.version,
+        from_version=registry.champion_version(),
+        reason=f"non-finite or missing window metrics: {metrics}",
+    )
+    return False
+
+
+class PromotionMode(Enum):
+    """How the trainer promotes the versions it writes (``TrainConfig.promotion``)."""
+
+    GATE = "gate"
+    """Judge each version against the champion on the next window's rows (fresh for both)."""
+    FINITE = "finite"
+    """Promote every version whose window metrics are finite, at once."""
+    MANUAL = "manual"
+    """Never promote (``freshrank registry promote`` does it)."""
+
+
+class PromotionPolicy:
+    """What the trainer promotes, and when.
+
+    * ``MANUAL``: nothing. ``FINITE``: every version with finite window metrics, right after
+      its checkpoint (:func:`promote_if_finite`; a non-finite one is logged as rejected).
+    * ``GATE``: the first version (no champion yet) and a version with non-finite metrics are
+      settled at once as under ``FINITE``. Any other version is *pending*: the trainer scores it
+      and the champion on the next window's rows before training on them and calls
+      :meth:`judge`. Judged on fewer than ``GateConfig.min_rows`` rows while a champion exists,
+      it stays unjudged and the next version supersedes it.
+    * After a restart the latest version is still pending if it is not the champion and no
+      promotion-log entry names it (a version rolled back from is never judged again).
+    """
+
+    def __init__(self, mode: PromotionMode, promoter: Promoter) -> None:
+        if not isinstance(mode, PromotionMode):
+            raise ValueError(f"mode must be a PromotionMode, got {mode!r}")
+        self.mode, self.promoter, self.registry = mode, promoter, promoter.registry
+
+    @property
+    def min_rows(self) -> int:
+        """Fewest fresh rows a judgement against a champion rests on."""
+        return self.promoter.config.min_rows
+
+    def pending_after_restart(self, latest: int | None) -> int | None:
+        """The version the gate still owes a judgement, when the trainer resumes at ``latest``."""
+        if self.mode is not PromotionMode.GATE:
+            return None
+        if latest is None or latest == self.registry.champion_version():
+            return None
+        for event in self.registry.promotions():
+            if latest in (event.get("to_version"), event.get("from_version")):
+                return None
+        return latest
+
+    def after_checkpoint(self, info: VersionInfo) -> int | None:
+        """Right after ``info`` is published: promote it now, or return its version when it
+        waits for the gate (then pass it to :meth:`judge` with the next window's metrics)."""
+        if self.mode is PromotionMode.MANUAL:
+            return None
+        first = self.registry.champion_version() is None
+        finite = metrics_are_finite(info.manifest["metrics"])
+        if self.mode is PromotionMode.GATE and not first and finite:
+            return info.version
+        promoted = promote_if_finite(self.registry, info)
+        if promoted:
+            self._observe_promotion(info.manifest.get("created_at"))
+        outcome = PromotionOutcome.PROMOTED if promoted else PromotionOutcome.REJECTED
+        self.promoter.metrics.inc("freshrank_promotions_total", tags={"outcome": outcome.value})
+        return None
+
+    def judgeable(self, new: Mapping[str, Any], champion: int | None) -> bool:
+        """Whether metrics on these rows (``new``, the challenger's) are enough to judge on."""
+        return champion is None or new.get(ROWS, 0) >= self.min_rows
+
+    def judge(
+        self,
+        challenger: int,
+        champion: int | None,
+        new: Mapping[str, Any],
+        old: Mapping[str, Any] | None,
+        notes: Sequence[str] = (),
+    ) -> PromotionResult:
+        """Decide on pending ``challenger`` with metrics on the same fresh rows (``old``: the
+        champion's, None when it could not be scored); check :meth:`judgeable` first."""
+        result = self.promoter.decide(challenger, new, old, champion, notes)
+        if result.outcome is PromotionOutcome.PROMOTED:
+            self._observe_promotion(self.registry.get(challenger).manifest.get("created_at"))
+        return result
+
+    def _observe_promotion(self, created_at: float | None) -> None:
+        if created_at is not None:
+            self.promoter.metrics.observe(
+                "freshrank_stage_latency_seconds",
+                time.time() - float(created_at),
+                tags={"stage": "checkpointed_to_promoted"},
+            )

@@ -1,6 +1,8 @@
 """Adapters that turn public interaction logs into tables in the event schema."""
 
 from freshrank.events.adapters.diginetica import (
+    DATA_DIR_ENV,
+    DEFAULT_DATA_DIR,
     N_PERIODS,
     DigineticaConfig,
     NegativeSampling,
@@ -14,6 +16,8 @@ from freshrank.events.adapters.diginetica import (
 )
 
 __all__ = [
+    "DATA_DIR_ENV",
+    "DEFAULT_DATA_DIR",
     "N_PERIODS",
     "DigineticaConfig",
     "NegativeSampling",

@@ -47,7 +47,12 @@ from freshrank.events.schema import FILE_SCHEMA
 N_PERIODS = 17
 """Periods in the published split: ``period_0.txt`` … ``period_16.txt``."""
 
-_DEFAULT_RELATIVE = Path("..") / "shared" / "data" / "diginetica"
+DEFAULT_DATA_DIR = "../shared/data/diginetica"
+"""Where the periods are read from when neither ``DigineticaConfig.path`` nor the
+``FRESHRANK_DIGINETICA`` environment variable names a directory: relative to the working
+directory (the repository root, for the benches and jobs run from there)."""
+DATA_DIR_ENV = "FRESHRANK_DIGINETICA"
+"""Environment variable naming the directory of ``period_*.txt`` (used when ``path`` is None)."""
 _EPOCH_2016 = datetime(2016, 1, 1, tzinfo=timezone.utc)
 _WEEK_US = 7 * 24 * 3600 * 1_000_000
 _EPOCH_2016_US = (
@@ -75,8 +80,9 @@ class DigineticaConfig:
     """
 
     path: str | None = None
-    """Directory with ``period_*.txt``; None finds ``../shared/data/diginetica`` (see
-    :func:`default_data_dir`)."""
+    """Directory with ``period_*.txt`` (a relative path is read from the working directory);
+    None: ``$FRESHRANK_DIGINETICA``, else ``../shared/data/diginetica``
+    (:func:`default_data_dir`)."""
     history: int = 3
     """Items viewed so far (most recent first) put into the query text."""
     candidates: int = 100
@@ -145,20 +151,14 @@ class PeriodEvents:
 
 
 def default_data_dir() -> Path:
-    """``../shared/data/diginetica`` next to the repository root, else next to the cwd.
+    """``$FRESHRANK_DIGINETICA`` when set, else ``../shared/data/diginetica`` (relative to the
+    working directory; nothing is looked up next to the installed package).
 
-    Returns the first of the two that exists (the repository-relative one when neither does).
-    ``FRESHRANK_DIGINETICA`` overrides both.
+    >>> import os
+    >>> default_data_dir() == Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+    True
     """
-    env = os.environ.get("FRESHRANK_DIGINETICA")
-    if env:
-        return Path(env)
-    repo_root = Path(__file__).resolve().parents[4]
-    candidates = [(repo_root / _DEFAULT_RELATIVE).resolve(), (Path.cwd() / _DEFAULT_RELATIVE)]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return candidates[0]
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
 
 def available_periods(directory: str | os.PathLike[str]) -> list[int]:
@@ -351,7 +351,8 @@ def load_periods(
     wanted = available_periods(directory) if periods is None else list(periods)
     if not wanted:
         raise FileNotFoundError(
-            f"no period_*.txt in {directory}; set DigineticaConfig.path (or --data) to the "
-            "DIGINETICA directory (see ../shared/data/diginetica/SOURCE.md)"
+            f"no period_*.txt in {directory} (working directory {Path.cwd()}); set "
+            f"DigineticaConfig.path (--diginetica-path) or ${DATA_DIR_ENV} to the DIGINETICA "
+            f"directory (default {DEFAULT_DATA_DIR}; see its SOURCE.md)"
         )
     return [period_events(read_period(directory, p), config) for p in wanted]

@@ -1,0 +1,68 @@
+"""Backtests: replay a time-ordered log, period by period, through a list of update policies.
+
+A :class:`BacktestConfig` names the data (:class:`SimulatorData`, :class:`DigineticaData`,
+:class:`ParquetData`), the arms (:class:`Arm`: a :class:`Schedule` and, for incremental arms,
+a strategy; :func:`default_arms`, :func:`arms_from_names`), the model and the training
+settings. :func:`run_backtest` runs every arm in this process (no Ray) and returns a
+:class:`BacktestReport`: per arm the prequential metrics of every tested period, the accuracy
+matrix and backward transfer, recovery after a shift, recall by item age and the events
+trained; ``to_dict()`` is its JSON form. Progress goes to an optional callback. Writing
+reports and plots is the caller's business (``bench/backtest_harness.py`` does it for the
+benchmarks; ``freshrank backtest`` prints a JSON summary).
+"""
+
+from freshrank.learn.backtest.arms import (
+    ARM_NAMES,
+    DEFAULT_ARM_NAMES,
+    Arm,
+    Schedule,
+    arms_from_names,
+    default_arms,
+)
+from freshrank.learn.backtest.config import BacktestConfig
+from freshrank.learn.backtest.data import (
+    DataSource,
+    DigineticaData,
+    ParquetData,
+    Period,
+    SimulatorData,
+    split_by_request,
+)
+from freshrank.learn.backtest.report import (
+    ITEM_AGE_CLASSES,
+    ArmResult,
+    BacktestReport,
+    backward_transfer,
+    recovery_windows,
+)
+from freshrank.learn.backtest.run import (
+    BacktestProgress,
+    ProgressCallback,
+    run_backtest,
+    run_periods,
+)
+
+__all__ = [
+    "ARM_NAMES",
+    "DEFAULT_ARM_NAMES",
+    "ITEM_AGE_CLASSES",
+    "Arm",
+    "ArmResult",
+    "BacktestConfig",
+    "BacktestProgress",
+    "BacktestReport",
+    "DataSource",
+    "DigineticaData",
+    "ParquetData",
+    "Period",
+    "ProgressCallback",
+    "Schedule",
+    "SimulatorData",
+    "arms_from_names",
+    "backward_transfer",
+    "default_arms",
+    "recovery_windows",
+    "run_backtest",
+    "run_periods",
+    "split_by_request",
+]
