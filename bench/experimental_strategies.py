@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from freshrank.core.serialization import restore_rng_state, rng_state_array
-from freshrank.features.encode import num_rows, slice_inputs
+from freshrank.features.encode import num_rows
 from freshrank.learn.strategies import (
     Replay,
     ReplayConfig,
@@ -50,6 +50,7 @@ from freshrank.learn.strategies.base import (
     zero_penalty,
 )
 from freshrank.model.device import to_tensors
+from freshrank.model.scoring import score_logits
 
 __all__ = [
     "Anchor",
@@ -247,20 +248,11 @@ class DarkReplay(Replay):
         n = num_rows(rows)
         if n == 0:
             return
-        core = unwrap(model)
-        device = next(core.parameters()).device
-        was_training = core.training
-        core.eval()
-        probs = []
-        with torch.no_grad():
-            for start in range(0, n, 65_536):
-                part = to_tensors(slice_inputs(rows, slice(start, start + 65_536)), device)
-                probs.append(torch.sigmoid(core(part)).cpu().numpy())
-        core.train(was_training)
+        probs = 1.0 / (1.0 + np.exp(-score_logits(unwrap(model), rows)))
         self.rows_scored += n
         hard = np.asarray(rows["label"], dtype=np.float32)
         w = self.config.hard_weight
-        target = w * hard + (1.0 - w) * np.concatenate(probs).astype(np.float32)
+        target = w * hard + (1.0 - w) * probs.astype(np.float32)
         self.buffer.add({**rows, "label": target.astype(hard.dtype, copy=False)})
 
 

@@ -17,17 +17,16 @@ import contextlib
 import functools
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from freshrank.drift.monitor import DriftMonitor, WindowSketch
+from freshrank.core.signals import on_stop_signals
+from freshrank.drift import DriftMonitor, WindowSketch
 from freshrank.drift.sketches import NumericHistogram
 from freshrank.evaluation.classification import log_loss, roc_auc
 from freshrank.evaluation.ranking import ranking_report
@@ -121,24 +120,15 @@ def run_training(config: TrainConfig) -> TrainSummary:
     )
 
 
-@contextlib.contextmanager
-def _stop_on_signals(control: TrainerControl) -> Iterator[None]:
+def _stop_on_signals(control: TrainerControl) -> contextlib.AbstractContextManager[None]:
     """While training, SIGTERM/SIGINT (``ray job stop``, Ctrl-C) ask the trainer to finish the
     window it is on, checkpoint it and return, instead of killing it mid-window."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def handler(signum: int, _frame: Any) -> None:
+    def stop(signum: int) -> None:
         print(f"[freshrank trainer] signal {signum}: stopping after this window", flush=True)
         control.request_stop(f"signal {signum}")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return on_stop_signals(stop)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ schedule          update at period ``p``
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,6 +25,8 @@ from freshrank.learn.strategies import (
     LwFConfig,
     ReplayConfig,
     StrategyConfig,
+    StrategyKnobs,
+    apply_knobs,
     parse_strategy,
 )
 
@@ -146,7 +147,8 @@ def arms_from_names(
 ) -> tuple[Arm, ...]:
     """Arms from short names; ``replay`` / ``ewc`` / ``lwf`` carry the tunables every arm with
     that part uses (the buffer kind and EWC mode still come from the name; ``replay``'s
-    capacity, mix ratio and seed also apply to ``dark-replay``). ``others`` holds tuned configs
+    capacity, mix ratio and seed apply to every replay part, exemplar replay included, through
+    :func:`~freshrank.learn.strategies.apply_knobs`). ``others`` holds tuned configs
     of any other strategy type, used wherever a part has that type. A ``:N`` suffix gives the
     arm its own number of passes per update (``lwf:3``); ``reset_optimizer`` applies to every
     incremental arm.
@@ -155,28 +157,12 @@ def arms_from_names(
     ['finetune', 'replay+lwf', 'sliding-2']
     >>> arms_from_names(["lwf:3"])[0].epochs
     3
-    >>> arms_from_names(["dark-replay"], replay=ReplayConfig(mix_ratio=0.25))[0].strategy
-    DarkReplayConfig(capacity=50000, mix_ratio=0.25, buffer=<BufferKind.RESERVOIR: \
-'reservoir'>, positive_fraction=0.5, seed=0, hard_weight=0.0)
+    >>> arms_from_names(["exemplar-replay"], replay=ReplayConfig(mix_ratio=0.25))[0].strategy
+    ExemplarReplayConfig(capacity=50000, mix_ratio=0.25, buffer=<BufferKind.RESERVOIR: \
+'reservoir'>, positive_fraction=0.5, seed=0, negatives=3)
     """
     replay, ewc, lwf = replay or ReplayConfig(), ewc or EWCConfig(), lwf or LwFConfig()
-    by_type = {type(c): c for c in others}
-
-    def tuned(part: StrategyConfig) -> StrategyConfig:
-        if isinstance(part, ReplayConfig):
-            own = by_type.get(type(part), part)
-            shared = {f.name: getattr(replay, f.name) for f in dataclasses.fields(ReplayConfig)}
-            extra = {
-                f.name: getattr(own, f.name)
-                for f in dataclasses.fields(own)  # type: ignore[arg-type]
-                if f.name not in shared
-            }
-            return type(part)(**{**shared, "buffer": part.buffer}, **extra)
-        if isinstance(part, EWCConfig):
-            return dataclasses.replace(ewc, mode=part.mode)
-        if isinstance(part, LwFConfig):
-            return lwf
-        return by_type.get(type(part), part)
+    knobs = StrategyKnobs.from_configs(replay, ewc, lwf, overrides=others)
 
     arms = []
     for full in names:
@@ -193,11 +179,7 @@ def arms_from_names(
                 Arm(f"sliding-{window}{suffix}", Schedule.SLIDING, window=window, epochs=epochs)
             )
         else:
-            strategy = parse_strategy(name)
-            if isinstance(strategy, CombinedConfig):
-                strategy = CombinedConfig(tuple(tuned(p) for p in strategy.parts))  # type: ignore[arg-type]
-            else:
-                strategy = tuned(strategy)
+            strategy = apply_knobs(parse_strategy(name), knobs)
             arms.append(
                 Arm(
                     name + suffix,

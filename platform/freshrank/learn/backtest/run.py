@@ -30,7 +30,7 @@ from freshrank.learn.backtest.data import Period, _request_codes
 from freshrank.learn.backtest.report import ITEM_AGE_CLASSES, ArmResult, BacktestReport
 from freshrank.learn.optim import make_optimizer
 from freshrank.learn.step import score_rows, train_window
-from freshrank.learn.strategies import EWC, Combined, Strategy, build_strategy
+from freshrank.learn.strategies import build_strategy
 from freshrank.model.ranker import Ranker
 
 __all__ = ["BacktestProgress", "ProgressCallback", "run_backtest", "run_periods"]
@@ -166,7 +166,8 @@ def _run_arm(
                 strategy = build_strategy(arm.strategy)
             elif arm.reset_optimizer:
                 optimizer = make_optimizer(model, config.learning_rate)
-            extra_before, scored_before = _extra_rows(strategy), _scored_rows(strategy)
+            extra_before = strategy.extra_trained_rows()
+            scored_before = strategy.forward_only_rows()
             result = train_window(
                 model,
                 optimizer,
@@ -177,9 +178,9 @@ def _run_arm(
                 device=device,
                 epochs=arm.epochs or config.epochs,
             )
-            events_trained += result.rows + _extra_rows(strategy) - extra_before
+            events_trained += result.rows + strategy.extra_trained_rows() - extra_before
             new_events += result.new_rows
-            rows_scored += _scored_rows(strategy) - scored_before
+            rows_scored += strategy.forward_only_rows() - scored_before
         t1 = time.perf_counter()
         # Prequential: the next period, unseen; then held-out slices for the accuracy matrix.
         metrics = _evaluate(
@@ -230,23 +231,6 @@ def _fresh_model(config: BacktestConfig) -> tuple[Ranker, torch.optim.Optimizer]
     torch.manual_seed(config.seed)
     model = Ranker(config.model)
     return model, make_optimizer(model, config.learning_rate)
-
-
-def _extra_rows(strategy: Strategy) -> int:
-    """Rows a strategy put through forward/backward outside the training steps (EWC Fisher)."""
-    if isinstance(strategy, Combined):
-        return sum(_extra_rows(s) for s in strategy.parts)
-    if isinstance(strategy, EWC):
-        return strategy.fisher_rows_processed
-    return 0
-
-
-def _scored_rows(strategy: Strategy) -> int:
-    """Rows a strategy put through a forward pass only (dark replay's recorded targets, pair
-    distillation's teacher labels): not in the events budget, reported beside it."""
-    if isinstance(strategy, Combined):
-        return sum(_scored_rows(s) for s in strategy.parts)
-    return int(getattr(strategy, "rows_scored", 0))
 
 
 def _evaluate(
