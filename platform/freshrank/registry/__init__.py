@@ -1,5 +1,6 @@
-"""Registry: versioned checkpoints, manifests with checksums, champion pointer, promotion gate,
-rollback, pinning, retention and the promotion log."""
+"""Registry: its on-disk layout, versioned checkpoints with checksummed manifests, the champion
+pointer, the promotion policy and gate, rollback, pinning, retention, the promotion log and the
+trainer's lease and stop flag."""
 
 from freshrank.registry.checkpoint import (
     ServingModel,
