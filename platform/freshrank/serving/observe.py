@@ -5,7 +5,7 @@
 and by the request path (``scored`` once per scored batch). It needs no Ray: ``metrics`` is any
 `Telemetry` facade, so the unit tests record through a fake one.
 
-Exported (``monitor/metrics.py`` has the catalogue):
+Exported (``core/catalogue.py`` has the catalogue):
 
 * ``freshrank_served_model_version{replica}``, ``freshrank_model_swaps_total{replica}``,
   ``freshrank_model_load_failures_total{replica}``;
