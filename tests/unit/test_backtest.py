@@ -10,10 +10,10 @@ import math
 import experimental_strategies
 import numpy as np
 import pytest
+from _tiny import MODEL
 from experimental_strategies import AverageConfig, DarkReplayConfig
 
 from freshrank.events.simulator import SimulatorConfig
-from freshrank.features.encode import FeatureConfig
 from freshrank.learn.backtest import (
     Arm,
     BacktestConfig,
@@ -27,18 +27,7 @@ from freshrank.learn.backtest import (
     run_periods,
 )
 from freshrank.learn.strategies import CombinedConfig, LwFConfig, ReplayConfig
-from freshrank.model.config import RankerConfig
 
-FEATURES = FeatureConfig(
-    user_buckets=64,
-    item_buckets=128,
-    category_buckets=16,
-    brand_buckets=16,
-    device_buckets=4,
-    query_buckets=64,
-    max_position=8,
-)
-MODEL = RankerConfig(features=FEATURES, embedding_dim=4, dense_hidden=(4,), over_hidden=(8,))
 DATA = SimulatorData(
     SimulatorConfig(seed=1, n_users=60, n_items=40, n_categories=4, list_size=5),
     periods=3,

@@ -11,6 +11,7 @@ import experimental_strategies
 import numpy as np
 import pytest
 import torch
+from _tiny import FEATURES, MODEL
 from experimental_strategies import (
     Anchor,
     AnchorConfig,
@@ -26,7 +27,7 @@ from experimental_strategies import (
 )
 
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import FeatureConfig, encode
+from freshrank.features.encode import encode
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.step import score_rows, train_step
 from freshrank.learn.strategies import (
@@ -42,20 +43,9 @@ from freshrank.learn.strategies import (
     apply_knobs,
     library_registry,
 )
-from freshrank.model.config import RankerConfig
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
 
-FEATURES = FeatureConfig(
-    user_buckets=64,
-    item_buckets=128,
-    category_buckets=16,
-    brand_buckets=16,
-    device_buckets=4,
-    query_buckets=64,
-    max_position=8,
-)
-MODEL = RankerConfig(features=FEATURES, embedding_dim=4, dense_hidden=(4,), over_hidden=(8,))
 CPU = torch.device("cpu")
 REGISTRY = experimental_strategies.register(library_registry())
 """The library's kinds and the five experimental ones (the default registry is left alone)."""

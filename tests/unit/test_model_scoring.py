@@ -5,26 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _tiny import FEATURES, MODEL
 
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import FeatureConfig, encode
-from freshrank.model.config import RankerConfig
+from freshrank.features.encode import encode
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
 from freshrank.model.scoring import score_logits
 from freshrank.registry.checkpoint import ServingModel
 from freshrank.registry.promotion import metrics_from_logits, score_rows
-
-FEATURES = FeatureConfig(
-    user_buckets=64,
-    item_buckets=128,
-    category_buckets=16,
-    brand_buckets=16,
-    device_buckets=4,
-    query_buckets=64,
-    max_position=8,
-)
-MODEL = RankerConfig(features=FEATURES, embedding_dim=4, dense_hidden=(4,), over_hidden=(8,))
 
 
 @pytest.fixture(scope="module")

@@ -8,27 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from _tiny import FEATURES, MODEL
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import FeatureConfig, encode
+from freshrank.features.encode import encode
 from freshrank.learn.optim import load_optimizer_state, make_optimizer
 from freshrank.learn.step import train_window
 from freshrank.learn.strategies import FineTuneConfig, build_strategy
-from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 
-FEATURES = FeatureConfig(
-    user_buckets=64,
-    item_buckets=128,
-    category_buckets=16,
-    brand_buckets=16,
-    device_buckets=4,
-    query_buckets=64,
-    max_position=8,
-)
-MODEL = RankerConfig(features=FEATURES, embedding_dim=4, dense_hidden=(4,), over_hidden=(8,))
 CPU = torch.device("cpu")
 
 

@@ -11,9 +11,10 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from _tiny import FEATURES, MODEL
 
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import CANDIDATE_KEYS, FeatureConfig, encode
+from freshrank.features.encode import CANDIDATE_KEYS, encode
 from freshrank.learn.buffers import ClickBalancedBuffer, ReplayBuffer
 from freshrank.learn.replay import ReservoirBuffer
 from freshrank.learn.step import score_rows, train_step, train_window
@@ -45,20 +46,9 @@ from freshrank.learn.strategies import (
     reshard_state,
 )
 from freshrank.learn.strategies.base import derive_seed
-from freshrank.model.config import RankerConfig
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
 
-FEATURES = FeatureConfig(
-    user_buckets=64,
-    item_buckets=128,
-    category_buckets=16,
-    brand_buckets=16,
-    device_buckets=4,
-    query_buckets=64,
-    max_position=8,
-)
-MODEL = RankerConfig(features=FEATURES, embedding_dim=4, dense_hidden=(4,), over_hidden=(8,))
 CPU = torch.device("cpu")
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
+from _tiny import FEATURES, MODEL
 from experimental_strategies import (
     AnchorConfig,
     AverageConfig,
@@ -35,7 +36,7 @@ from experimental_strategies import (
 
 from freshrank.events.schema import empty_events
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import FeatureConfig, encode
+from freshrank.features.encode import encode
 from freshrank.learn.buffers import ClickBalancedBuffer
 from freshrank.learn.replay import ReservoirBuffer
 from freshrank.learn.step import train_window
@@ -55,20 +56,9 @@ from freshrank.learn.strategies import (
     partition_state,
 )
 from freshrank.learn.strategies.finetune import FineTune
-from freshrank.model.config import RankerConfig
 from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
 
-FEATURES = FeatureConfig(
-    user_buckets=64,
-    item_buckets=128,
-    category_buckets=16,
-    brand_buckets=16,
-    device_buckets=4,
-    query_buckets=64,
-    max_position=8,
-)
-MODEL = RankerConfig(features=FEATURES, embedding_dim=4, dense_hidden=(4,), over_hidden=(8,))
 CPU = torch.device("cpu")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _tiny import FEATURES, MODEL
 
 import freshrank.learn.train as train
 from freshrank.core.telemetry import NullTelemetry
@@ -18,7 +19,7 @@ from freshrank.drift.monitor import DriftMonitor
 from freshrank.events.landing import LandingZone
 from freshrank.events.schema import empty_events
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import FeatureConfig, concat_inputs, encode
+from freshrank.features.encode import concat_inputs, encode
 from freshrank.features.reading import REQUEST_KEY, encode_batch
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.feed import ShardFeed
@@ -26,21 +27,9 @@ from freshrank.learn.gating import ChampionScorer, GateJudge
 from freshrank.learn.optim import make_optimizer
 from freshrank.learn.publish import WindowProgress, checkpoint_window
 from freshrank.learn.strategies import build_strategy
-from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
 from freshrank.registry import GateConfig, Promoter, PromotionMode, PromotionPolicy, Registry
 from freshrank.registry.control import TrainerControl
-
-FEATURES = FeatureConfig(
-    user_buckets=64,
-    item_buckets=128,
-    category_buckets=16,
-    brand_buckets=16,
-    device_buckets=4,
-    query_buckets=64,
-    max_position=8,
-)
-MODEL = RankerConfig(features=FEATURES, embedding_dim=4, dense_hidden=(4,), over_hidden=(8,))
 
 
 def _read_with_pyarrow(paths, features, filesystem=None):
