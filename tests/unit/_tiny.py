@@ -1,7 +1,13 @@
 """The tiny model unit tests train in milliseconds: small tables, 4-wide embeddings."""
 
-from freshrank.features.encode import FeatureConfig
+import numpy as np
+import pytest
+import torch
+
+from freshrank.events.simulator import Simulator, SimulatorConfig
+from freshrank.features.encode import FeatureConfig, encode
 from freshrank.model.config import RankerConfig
+from freshrank.model.ranker import Ranker
 
 FEATURES = FeatureConfig(
     user_buckets=64,
@@ -13,3 +19,25 @@ FEATURES = FeatureConfig(
     max_position=8,
 )
 MODEL = RankerConfig(features=FEATURES, embedding_dim=4, dense_hidden=(4,), over_hidden=(8,))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _rows(seed: int = 0, requests: int = 40) -> dict[str, np.ndarray]:
+    sim = Simulator(SimulatorConfig(seed=seed, n_users=30, n_items=30, n_categories=3, list_size=5))
+    return encode(sim.generate(requests), FEATURES)
+
+
+def _model(seed: int = 0) -> Ranker:
+    torch.manual_seed(seed)
+    return Ranker(MODEL)
+
+
+def _val(t: torch.Tensor) -> float:
+    return float(t.detach())

@@ -11,7 +11,7 @@ import experimental_strategies
 import numpy as np
 import pytest
 import torch
-from _tiny import FEATURES, MODEL
+from _tiny import FEATURES, MODEL, _model, _one_thread, _rows, _val  # noqa: F401 (fixture)
 from experimental_strategies import (
     Anchor,
     AnchorConfig,
@@ -26,8 +26,6 @@ from experimental_strategies import (
     WeightAverage,
 )
 
-from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import encode
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.step import score_rows, train_step
 from freshrank.learn.strategies import (
@@ -49,28 +47,6 @@ from freshrank.model.ranker import Ranker
 CPU = torch.device("cpu")
 REGISTRY = experimental_strategies.register(library_registry())
 """The library's kinds and the five experimental ones (the default registry is left alone)."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _rows(seed: int = 0, requests: int = 40) -> dict[str, np.ndarray]:
-    sim = Simulator(SimulatorConfig(seed=seed, n_users=30, n_items=30, n_categories=3, list_size=5))
-    return encode(sim.generate(requests), FEATURES)
-
-
-def _model(seed: int = 0) -> Ranker:
-    torch.manual_seed(seed)
-    return Ranker(MODEL)
-
-
-def _val(t: torch.Tensor) -> float:
-    return float(t.detach())
 
 
 def _nudge(model: Ranker, scale: float = 0.05) -> Ranker:

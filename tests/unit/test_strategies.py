@@ -11,10 +11,9 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from _tiny import FEATURES, MODEL
+from _tiny import FEATURES, MODEL, _model, _one_thread, _rows, _val  # noqa: F401 (fixture)
 
-from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import CANDIDATE_KEYS, encode
+from freshrank.features.encode import CANDIDATE_KEYS
 from freshrank.learn.buffers import ClickBalancedBuffer, ReplayBuffer
 from freshrank.learn.replay import ReservoirBuffer
 from freshrank.learn.step import score_rows, train_step, train_window
@@ -50,28 +49,6 @@ from freshrank.model.device import to_tensors
 from freshrank.model.ranker import Ranker
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _rows(seed: int = 0, requests: int = 40) -> dict[str, np.ndarray]:
-    sim = Simulator(SimulatorConfig(seed=seed, n_users=30, n_items=30, n_categories=3, list_size=5))
-    return encode(sim.generate(requests), FEATURES)
-
-
-def _model(seed: int = 0) -> Ranker:
-    torch.manual_seed(seed)
-    return Ranker(MODEL)
-
-
-def _val(t: torch.Tensor) -> float:
-    return float(t.detach())
 
 
 def _labels(labels: list[int]) -> dict[str, np.ndarray]:
