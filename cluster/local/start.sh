@@ -89,8 +89,11 @@ eval "$ingress_env"
 # Token authentication, explicitly (Ray 2.60 only turns it on by itself for ray.init(), or for
 # `ray start` when a token already exists). Every process of this head inherits the mode.
 export RAY_AUTH_MODE=token
-if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ -z "${RAY_AUTH_TOKEN_PATH:-}" ]; then
-    ray get-auth-token --generate >/dev/null 2>&1  # makes ~/.ray/auth_token when missing
+if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+    # The token file owner-only: Ray writes it with the umask (-rw-r--r-- under 022), and whoever
+    # reads it can submit jobs. freshrank.ops.runtime.secure_auth_token makes it 0600 (creating
+    # it when missing, never world-readable for a moment) and tightens an existing one.
+    "$VENV/bin/python" -c 'from freshrank.ops.runtime import secure_auth_token; secure_auth_token()'
 fi
 
 args=(

@@ -2,6 +2,8 @@
 versions are promoted and hot-swapped into the Serve endpoint while real HTTP requests flow, and
 a real Prometheus scraping Ray's metrics endpoint serves the loop's freshrank_ series."""
 
+import re
+
 import pytest
 
 from freshrank.apps.demo import DemoConfig, run_demo
@@ -50,6 +52,19 @@ def test_whole_loop_trains_every_valid_event_and_swaps_without_failures(
     assert result.champion == max(result.client.versions_served)
     assert result.landing_to_served_s and min(result.landing_to_served_s) > 0
     assert any("demo summary" in line for line in lines)
+    # The output tells the loop's story, in freshrank's own lines: a line per version trained
+    # and per gate decision, and a summary that says what its counts count.
+    trained = [line for line in lines if re.search(r"\] v\d+ trained: window \d+", line)]
+    decided = [line for line in lines if "] gate: v" in line]
+    assert len(trained) == result.training.versions_trained >= 2
+    assert result.counts is not None
+    assert result.counts.versions_trained == result.training.versions_trained
+    assert len(decided) == result.counts.promoted + result.counts.rejected >= 1
+    assert any(
+        f"versions                 {result.training.versions_trained} trained, "
+        f"{len(result.training.versions)} kept" in line
+        for line in lines
+    )
     # Read back from Ray's Prometheus endpoint while the loop ran.
     m = result.metrics_seen
     assert m["freshrank_events_trained_total"] > 0

@@ -75,7 +75,7 @@ def test_story_lines_and_counts_follow_the_registry_and_landing_zone(loop):
     registry.set_champion(1, reason="first version")
     publish(registry, 2, watermark=995.0, dropped=4)
     registry.log_event("rejected", to_version=2, from_version=1, reason="auc 0.70 -> 0.60: worse")
-    registry.write_trainer_status({"state": "ready", "version": 2, "cursor": 2})
+    registry.write_trainer_status({"state": "ready", "version": 0, "cursor": 0})  # at its start
     clock.now = 1002.5
 
     lines = progress.poll()
@@ -87,7 +87,11 @@ def test_story_lines_and_counts_follow_the_registry_and_landing_zone(loop):
     assert "gate: v2 rejected, v1 stays champion (auc 0.70 -> 0.60: worse)" in text
     assert "shard shard-000000000004.parquet quarantined: not readable as parquet" in text
     c = progress.counts()
-    assert (c.shards_landed, c.shards_trained, c.shards_quarantined) == (4, 2, 1)
+    assert (c.shards_landed, c.shards_trained, c.shards_quarantined) == (
+        4,
+        2,
+        1,
+    )  # v2 trained to shard 2
     assert (c.versions_trained, c.versions_kept, c.promoted, c.rejected) == (2, 2, 1, 1)
     assert c.champion == 1 and c.freshness_s == pytest.approx(12.5)
     status = progress.status_line()

@@ -153,7 +153,10 @@ def test_in_process_ray_binds_loopback():
 
     source = inspect.getsource(runtime.init_ray)
     assert 'dashboard_host="127.0.0.1"' in source
-    assert 'os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"' in source
+    assert "_single_node_mode()" in source and "secure_auth_token()" in source
+    assert 'os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"' in inspect.getsource(
+        runtime._single_node_mode
+    )
 
 
 @functools.cache

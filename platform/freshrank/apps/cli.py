@@ -220,25 +220,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from freshrank.learn.config import TrainConfig
     from freshrank.learn.train import run_training
-    from freshrank.ops.runtime import init_ray
+    from freshrank.ops.progress import LoopProgress, ProgressConfig
+    from freshrank.ops.runtime import current_metrics_url, init_ray, ray_logs_dir
+    from freshrank.registry.store import Registry
 
     config = dataclass_from_args(TrainConfig, args)
     address = args.address or os.environ.get("RAY_ADDRESS") or None
+    verbose = bool(getattr(args, "verbose", False))
     if not ray.is_initialized():
-        info = init_ray(address=address)
+        info = init_ray(address=address, log_to_driver=verbose)
         where = f"joined Ray at {address}" if address else "started a local Ray"
         _log("train", f"{where} (dashboard {info.dashboard_url or 'n/a'})")
+    if not verbose:
+        _log("train", f"Ray's worker and controller logs: {ray_logs_dir()} (--verbose prints them)")
     _log(
         "train",
         f"landing {config.landing} -> registry {config.registry}, {config.num_workers} "
         f"worker(s){' on GPU' if config.use_gpu else ''}; SIGTERM/SIGINT stop after the window",
     )
-    # run_training turns SIGTERM into "finish and checkpoint this window, then return".
-    summary = run_training(config)
+    progress = None
+    if Registry(config.registry).is_local:  # the progress display reads the registry's files
+        progress = LoopProgress(
+            ProgressConfig(
+                registry=config.registry,
+                landing=config.landing,
+                metrics_url=current_metrics_url(),
+                interval_s=2.0,
+            )
+        ).start()
+    try:
+        # run_training turns SIGTERM into "finish and checkpoint this window, then return".
+        summary = run_training(config)
+    finally:
+        if progress is not None:
+            progress.stop()
     _log(
         "train",
-        f"stopped: {len(summary.versions)} new version(s), champion {summary.champion}, "
-        f"{summary.events_trained} events trained in total",
+        f"stopped: {summary.versions_trained} version(s) trained, {len(summary.versions)} kept, "
+        f"champion {summary.champion}, {summary.events_trained} events trained in total",
     )
     print(json.dumps(dataclasses.asdict(summary), indent=2, default=str), flush=True)
     return 0
@@ -334,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ray cluster to join ('auto', 'ray://host:10001', host:port); default: $RAY_ADDRESS "
         "(set inside `ray job submit`), else start a local Ray on 127.0.0.1",
+    )
+    train.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print what Ray's workers and controllers log (default: kept in Ray's log "
+        "files, named at the start; the terminal shows the loop's progress)",
     )
     train.set_defaults(func=_cmd_train)
 

@@ -4,10 +4,17 @@ It starts a local Ray (dashboard and metrics on 127.0.0.1), lands simulated even
 few corrupt shards and rows missing fields, to show quarantine), trains incrementally in one
 long-lived Ray Train job, promotes each finished window, serves the champion through Ray Serve
 over HTTP while a client sends real ranking requests, and prints a summary.
+
+What the terminal shows is the loop's own story (`freshrank.ops.progress`): shards landing and
+quarantined, versions trained, the gate's decisions, what each replica serves, freshness and
+request counts, with one status line redrawn in place. What Ray's workers, actors and
+controllers print stays in Ray's log files, and Ray's own driver lines go to ``ray-driver.log``
+in the run directory; the summary names both. ``--verbose`` shows them on the terminal too.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
@@ -25,11 +32,15 @@ from freshrank.events.produce import ProducerConfig, ProducerStats, run_producer
 from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.train import TrainSummary, run_training
+from freshrank.ops.progress import LoopCounts, LoopProgress, ProgressConfig
 from freshrank.ops.runtime import (
     SERVE_INGRESS_MODES,
     ServeIngress,
+    auth_token_path,
     current_metrics_url,
     init_ray,
+    ray_logs_dir,
+    route_ray_driver_logs,
 )
 from freshrank.ops.scrape import scrape_freshrank_metrics
 from freshrank.registry.store import Registry
@@ -65,6 +76,9 @@ class DemoConfig:
     """How requests reach the Serve replicas: Serve's Python proxy, or HAProxy forwarding
     straight to the replicas (Ray's high-throughput mode; docs/operating.md). Applies to the
     local Ray the demo starts; a joined cluster keeps the ingress it was started with."""
+    verbose: bool = False
+    """Also print what Ray's workers, controllers and driver log (kept in Ray's log files and
+    the run directory's ray-driver.log otherwise)."""
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0:
@@ -121,6 +135,12 @@ class DemoResult:
     endpoint: str
     dashboard: str | None
     elapsed_s: float
+    counts: LoopCounts | None = None
+    """Versions trained / kept, gate decisions and shards, as the progress display counted."""
+    ray_logs: str | None = None
+    """Ray's log directory of the session (the workers' and controllers' output)."""
+    driver_log: str | None = None
+    """Where Ray's own lines in the demo's process went (None: on the terminal)."""
 
 
 def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> DemoResult:
@@ -140,6 +160,7 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
     landing_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(registry_dir)
     out(f"freshrank demo: run directory {run_dir}")
+    driver_log = None if config.verbose else route_ray_driver_logs(run_dir / "ray-driver.log")
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -154,15 +175,34 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
             config.num_cpus,
             config.dashboard_port,
             serve_ingress=config.serve_ingress,
+            log_to_driver=config.verbose,
         )
         dashboard = info.dashboard_url
     else:
         dashboard = None
     metrics_url = current_metrics_url()
     metrics_seen: dict[str, float] = {}
+    phase = ["starting"]
+    client = ClientStats()
 
-    def status(client: ClientStats | None) -> None:
-        _status(out, started, landing_dir, registry, client)
+    def extra() -> str:
+        if phase[0] != "running":
+            return phase[0]
+        return f"requests {client.ok} ok, {client.failed} failed"
+
+    progress = LoopProgress(
+        ProgressConfig(
+            registry=str(registry_dir),
+            landing=str(landing_dir),
+            metrics_url=metrics_url,
+            interval_s=1.0,
+        ),
+        out=sys.stdout if out is _say else _LineSink(out),
+        extra=extra,
+        clock=time.time,
+    )
+
+    def status() -> None:
         if metrics_url:  # keep what Prometheus would scrape while the processes are alive
             metrics_seen.update(scrape_freshrank_metrics(metrics_url))
 
@@ -170,8 +210,9 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
     stop = threading.Event()
     client_stop = threading.Event()
     try:
+        progress.start()
         # 1. The endpoint first: replicas answer 503 until a version is promoted.
-        out(f"starting the ranking endpoint at {endpoint}/rank ...")
+        phase[0] = f"starting the ranking endpoint at {endpoint}/rank"
         serve.start(http_options={"host": "127.0.0.1", "port": config.http_port})
         serve.run(
             build_ranking_app(
@@ -185,7 +226,7 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
             route_prefix="/",
         )
         # 2. The long-lived trainer; events start landing once it is ready to consume them.
-        out(f"starting the trainer ({config.num_workers} Ray Train workers) ...")
+        phase[0] = f"starting the trainer ({config.num_workers} Ray Train workers)"
         train_cfg = TrainConfig(
             landing=str(landing_dir.resolve()),
             registry=str(registry_dir.resolve()),
@@ -200,12 +241,14 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
             lambda: registry.trainer_status() is not None or not trainer.is_alive(),
             timeout_s=600,
             what="the trainer to start",
-            tick=lambda: out(f"[{time.time() - started:6.1f} s] waiting for the trainer ..."),
+            tick=status,
         )
         if not trainer.is_alive():
             raise RuntimeError("the trainer failed to start; see its log above")
         # 3. Events land at a steady rate for duration_s.
-        out(f"landing events for {config.duration_s:.0f} s at {config.events_per_second:.0f}/s ...")
+        phase[0] = (
+            f"landing events for {config.duration_s:.0f} s at {config.events_per_second:.0f}/s"
+        )
         producer_cfg = ProducerConfig(
             landing_path=str(landing_dir),
             events_per_second=config.events_per_second,
@@ -221,13 +264,13 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
             lambda: producer_stats.setdefault("final", run_producer(producer_cfg, stop=stop)),
         )
         # 4. Real HTTP traffic once the first version is live.
-        client = ClientStats()
         _wait_for(
             lambda: _served_version(endpoint) is not None or not trainer.is_alive(),
             timeout_s=config.duration_s + 300,
             what="the first promoted version to be served",
-            tick=lambda: status(None),
+            tick=status,
         )
+        phase[0] = "running"
         client_thread = _thread(
             "client",
             lambda: run_http_client(
@@ -238,7 +281,7 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
             lambda: not producer.is_alive() and not trainer.is_alive(),
             timeout_s=config.duration_s + 600,
             what="the producer and the trainer to finish",
-            tick=lambda: status(client),
+            tick=status,
         )
         if "summary" not in training or "final" not in producer_stats:
             raise RuntimeError("the trainer or the producer failed; see the log above")
@@ -247,11 +290,12 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
             lambda: champion in client.first_seen,
             timeout_s=60,
             what=f"version {champion} to be served",
-            tick=lambda: status(client),
+            tick=status,
         )
         client_stop.set()
         client_thread.join(30)
-        status(client)
+        status()
+        progress.stop()
         result = _summarise(
             run_dir,
             registry,
@@ -263,10 +307,13 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
             started,
             metrics_seen,
             metrics_url,
+            progress.counts(),
+            driver_log,
         )
         _print_summary(result, out)
         return result
     finally:
+        progress.stop()
         stop.set()
         client_stop.set()
         try:
@@ -370,26 +417,22 @@ def _wait_for(
         time.sleep(poll_s)
 
 
-def _status(
-    out: Callable[[str], None],
-    started: float,
-    landing_dir: Path,
-    registry: Registry,
-    client: ClientStats | None,
-) -> None:
-    landing = LandingZone(landing_dir)
-    shards = len(landing.list_shards())
-    latest = registry.latest_version()
-    trained = registry.get(latest).manifest["events_trained"] if latest else 0
-    line = (
-        f"[{time.time() - started:6.1f} s] shards landed {shards:4d}, "
-        f"quarantined {len(landing.quarantined())}, events trained {trained:8d}, "
-        f"latest v{latest or 0}, champion v{registry.champion_version() or 0}"
-    )
-    if client is not None:
-        served = max(client.first_seen) if client.first_seen else 0
-        line += f", served v{served}, requests ok {client.ok} failed {client.failed}"
-    out(line)
+class _LineSink(io.TextIOBase):
+    """A text stream that hands each complete line to ``out`` (the demo's ``out`` callback)."""
+
+    def __init__(self, out: Callable[[str], None]) -> None:
+        self._out = out
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._out(line.rsplit("\r\x1b[K", 1)[-1])
+        return len(text)
 
 
 def _summarise(
@@ -403,6 +446,8 @@ def _summarise(
     started: float,
     metrics_seen: dict[str, float],
     metrics_url: str | None,
+    counts: LoopCounts | None,
+    driver_log: str | None,
 ) -> DemoResult:
     manifests = [registry.get(v).manifest for v in registry.list_versions()]
     served = sorted(client.first_seen.items())
@@ -440,6 +485,9 @@ def _summarise(
         endpoint=f"{endpoint}/rank",
         dashboard=dashboard,
         elapsed_s=time.time() - started,
+        counts=counts,
+        ray_logs=ray_logs_dir(),
+        driver_log=driver_log,
     )
 
 
@@ -457,11 +505,17 @@ def _print_summary(r: DemoResult, out: Callable[[str], None]) -> None:
     out(f"events trained           {r.training.events_trained}")
     out(f"shards quarantined       {r.quarantined_shards}")
     out(f"rows dropped (missing)   {r.rows_dropped}")
-    out(f"versions trained         {len(r.training.versions)}; champion v{r.champion}")
+    kept, trained = len(r.training.versions), r.training.versions_trained
+    pruned = f" ({trained - kept} older ones pruned by retention)" if trained > kept else ""
+    out(
+        f"versions                 {trained} trained, {kept} kept in the registry{pruned}; "
+        f"champion v{r.champion}"
+    )
     kinds = [e["kind"] for e in r.promotions]
     out(
         f"promotion gate           {kinds.count('promoted')} promoted, "
-        f"{kinds.count('rejected')} rejected (see `freshrank registry log`)"
+        f"{kinds.count('rejected')} rejected, {kinds.count('rollback')} rolled back "
+        "(see `freshrank registry log`)"
     )
     out(f"versions served          {r.client.versions_served}")
     out(f"requests                 ok {r.client.ok}, failed {r.client.failed}")
@@ -488,5 +542,15 @@ def _print_summary(r: DemoResult, out: Callable[[str], None]) -> None:
     ]
     out(f"metrics (Prometheus)     {', '.join(seen) or 'none read'} from {r.metrics_url}")
     out(f"endpoint                 {r.endpoint}")
-    out(f"dashboard                {r.dashboard or 'not started'}")
+    if r.dashboard:
+        out(
+            f"Ray dashboard            {r.dashboard} (it asks for the cluster token: "
+            f"`.venv/bin/ray get-auth-token`, or the file {auth_token_path()})"
+        )
+    else:
+        out("Ray dashboard            not started here (the joined cluster's)")
+    if r.ray_logs:
+        out(f"Ray's logs               {r.ray_logs} (workers, Serve, Train, Data)")
+    if r.driver_log:
+        out(f"Ray's driver lines       {r.driver_log} (--verbose prints them instead)")
     out(f"elapsed                  {r.elapsed_s:.1f} s")

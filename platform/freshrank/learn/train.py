@@ -69,10 +69,13 @@ class TrainSummary:
     """What a finished training run left in the registry."""
 
     versions: tuple[int, ...]
+    """The versions this run wrote that are still in the registry (retention prunes older)."""
     champion: int | None
     events_trained: int
     window_metrics: tuple[dict[str, Any], ...]
     elapsed_s: float
+    versions_trained: int = 0
+    """Versions this run wrote, pruned ones included."""
 
 
 def run_training(config: TrainConfig) -> TrainSummary:
@@ -117,6 +120,7 @@ def run_training(config: TrainConfig) -> TrainSummary:
             for m in manifests
         ),
         elapsed_s=time.time() - started,
+        versions_trained=max(0, (latest or 0) - max(before, default=0)),
     )
 
 

@@ -113,6 +113,7 @@ class LoopProgress:
         self._seen_events = len(self._registry.promotions())
         self._seen_quarantine: set[str] = {n for n, _ in self._quarantined()}
         self._served: dict[str, int] = {}
+        self._cursor = 0  # the newest shard a told version has trained (its manifest's cursor)
         self._freshness: float | None = None
         self._counts: LoopCounts | None = None
         self._last_status_print = float("-inf")
@@ -187,7 +188,9 @@ class LoopProgress:
         return self
 
     def stop(self) -> None:
-        """Stop the thread, take a last look and end the in-place line."""
+        """Stop the thread, take a last look and end the in-place line (once)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10.0)
@@ -220,7 +223,9 @@ class LoopProgress:
         kept_set = set(kept)
         for version in range(self._seen_version + 1, latest + 1):
             if version in kept_set:  # pruned before we looked: counted, not described
-                lines.append(self._stamp(_trained_line(registry.get(version).manifest)))
+                manifest = registry.get(version).manifest
+                self._cursor = max(self._cursor, int(manifest.get("cursor") or 0))
+                lines.append(self._stamp(_trained_line(manifest)))
         self._seen_version = max(self._seen_version, latest)
 
         events = registry.promotions()
@@ -251,7 +256,7 @@ class LoopProgress:
         landed = trained = None
         if self._landing is not None:
             shards = self._landing.list_shards()
-            cursor = int(trainer.get("cursor") or 0)
+            cursor = max(self._cursor, int(trainer.get("cursor") or 0))
             landed = len(shards) + len(quarantined)
             trained = sum(1 for s in shards if s.seq <= cursor)
         self._counts = LoopCounts(

@@ -11,7 +11,19 @@ A local Ray started here keeps every port on loopback, reports application metri
 * ``RAY_DATA_USE_DATASOURCE_V2=0``: V2 starts footer-reader actors on every execution (9-13 s
   per small window measured here), V1 reads a small window in well under a second.
 
-Token authentication stays as Ray 2.60 sets it (on for a local ``ray.init``).
+Token authentication stays as Ray 2.60 sets it (on for a local ``ray.init``), but the token
+file is made owner-only (:func:`secure_auth_token`): Ray writes ``~/.ray/auth_token`` with the
+process umask (``-rw-r--r--`` under the usual 022), and whoever can read it can submit jobs,
+i.e. run code as the cluster's user.
+
+Joining a cluster at a loopback address (``127.0.0.1:6379``, what ``cluster/local/start.sh``
+starts) puts the driver in the same single-node mode as the head: otherwise Ray takes the
+default-route address for this node and retries a raylet that is not there for minutes.
+
+``log_to_driver=False`` keeps the lines that Ray's workers, actors and controllers print (Ray
+Train's and Ray Data's reports, Serve's controller) in Ray's log files (:func:`ray_logs_dir`)
+instead of on this process's terminal, and :func:`route_ray_driver_logs` does the same for
+Ray's own loggers in this process.
 
 Serve's HTTP ingress (``serve_ingress``) is a property of the Ray processes, read from their
 environment when they start, so it is chosen here, before Ray starts:
@@ -27,8 +39,10 @@ environment when they start, so it is chosen here, before Ray starts:
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +140,7 @@ def init_ray(
     metrics_port: int | None = None,
     metrics_report_interval_ms: int = 5000,
     serve_ingress: ServeIngress = "proxy",
+    log_to_driver: bool = True,
 ) -> RayInfo:
     """Join the Ray at ``address``, or start a local one bound to 127.0.0.1.
 
@@ -135,7 +150,9 @@ def init_ray(
     fallback-proxy ports are free ports picked here unless ``RAY_SERVE_HAPROXY_STATS_PORT`` /
     ``RAY_SERVE_HAPROXY_METRICS_PORT`` / ``RAY_SERVE_FALLBACK_PROXY_HTTP_PORT`` are set. A
     joined cluster's ingress was chosen when it started (``ray start``'s environment), so
-    ``"haproxy"`` with ``address`` is refused. Raises when Ray is already initialised.
+    ``"haproxy"`` with ``address`` is refused. ``log_to_driver=False`` leaves the output of
+    Ray's processes in its log files (see the module doc). The token file is made owner-only
+    before and after (:func:`secure_auth_token`). Raises when Ray is already initialised.
     """
     if serve_ingress not in SERVE_INGRESS_MODES:
         raise ValueError(
@@ -159,18 +176,21 @@ def init_ray(
                 fallback_port=_env_port("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"),
             )
         )
+    secure_auth_token()
     if address:
+        if is_loopback_address(address):
+            _single_node_mode()
         import ray
 
-        ctx = ray.init(address=address, runtime_env={"env_vars": RAY_ENV})
+        ctx = ray.init(
+            address=address, runtime_env={"env_vars": RAY_ENV}, log_to_driver=log_to_driver
+        )
+        secure_auth_token()
         return _info(ctx, None, started_here=False)
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    _single_node_mode()
     os.environ["RAY_metrics_report_interval_ms"] = str(int(metrics_report_interval_ms))
     import ray
-    from ray._private import ray_constants
 
-    # Ray reads the single-node switch at import, which may have happened before this call.
-    ray_constants.ENABLE_RAY_CLUSTER = False
     if "ray.data" in sys.modules:
         from ray.data import DataContext
 
@@ -182,8 +202,136 @@ def init_ray(
         dashboard_port=dashboard_port if dashboard_port is not None else free_port(),
         _metrics_export_port=metrics_port if metrics_port is not None else free_port(),
         runtime_env={"env_vars": RAY_ENV},
+        log_to_driver=log_to_driver,
     )
+    secure_auth_token()
     return _info(ctx, metrics_report_interval_ms / 1000, started_here=True)
+
+
+def _single_node_mode() -> None:
+    """Ray's single-node switch, for this process and the Ray processes it starts."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    # Ray reads the switch at import, which may have happened before this call.
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def is_loopback_address(address: str) -> bool:
+    """True when a cluster address (``host:port``) names this machine's loopback.
+
+    >>> is_loopback_address("127.0.0.1:6379"), is_loopback_address("localhost:6379")
+    (True, True)
+    >>> is_loopback_address("10.0.0.5:6379"), is_loopback_address("auto")
+    (False, False)
+    """
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    host = host.strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def auth_token_path() -> Path:
+    """Where Ray 2.60 keeps the cluster token: ``$RAY_AUTH_TOKEN_PATH``, else
+    ``~/.ray/auth_token``."""
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(named).expanduser() if named else Path.home() / ".ray" / "auth_token"
+
+
+def secure_auth_token(create: bool = True) -> Path | None:
+    """Make the cluster token file owner-only (mode 0600, its directory 0700 when it is
+    ``~/.ray``); with ``create``, make it (owner-only from the first byte) when missing and no
+    ``$RAY_AUTH_TOKEN`` is set, so Ray never writes it with the umask. Returns the path, or
+    None when the token comes from ``$RAY_AUTH_TOKEN`` and there is no file. A file owned by
+    another user is left alone (it cannot be changed) and a warning is logged.
+    """
+    path = auth_token_path()
+    if not path.exists():
+        if os.environ.get("RAY_AUTH_TOKEN") or not create:
+            return None
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        token = _new_token()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: fall through to the chmod
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(token)
+    try:
+        if path.parent == Path.home() / ".ray":
+            os.chmod(path.parent, stat.S_IMODE(path.parent.stat().st_mode) & 0o700 | 0o700)
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, 0o600)
+    except PermissionError as exc:
+        logging.getLogger(__name__).warning(
+            "cannot make the Ray token file %s owner-only: %s", path, exc
+        )
+    return path
+
+
+def _new_token() -> str:
+    """A token the way Ray makes one (its generator, when importable)."""
+    try:
+        from ray._private.authentication.authentication_token_generator import (
+            generate_new_authentication_token,
+        )
+
+        return str(generate_new_authentication_token())
+    except ImportError:  # pragma: no cover - Ray always has it in 2.60
+        import secrets
+
+        return secrets.token_hex(32)
+
+
+def ray_logs_dir() -> str | None:
+    """The log directory of the running Ray session (where ``log_to_driver=False`` leaves
+    the workers' output), or None when Ray is not initialised here."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None:
+        return str(node.get_logs_dir_path())
+    return None
+
+
+RAY_DRIVER_LOGGERS = ("ray", "ray.serve", "ray.train", "ray.data", "ray.tune")
+"""Ray's loggers in a driver process that print to the terminal."""
+
+
+def route_ray_driver_logs(path: str | os.PathLike[str]) -> str:
+    """Send what Ray's own loggers in this process print (``Started a local Ray instance``,
+    Serve's ``Application ... is ready``, the token warning) to the file ``path`` instead of
+    the terminal; idempotent. Returns the path."""
+    import ray.serve  # noqa: F401  (Serve adds its driver handler at import: route it too)
+
+    target = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    names = set(RAY_DRIVER_LOGGERS) | {
+        n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")
+    }
+    shared: logging.Handler | None = None
+    for name in sorted(names):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if getattr(handler, "baseFilename", None) == target:
+                shared = handler
+            elif isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            ):
+                if getattr(handler, "stream", None) in (sys.stderr, sys.stdout, None) or (
+                    getattr(handler.stream, "name", "") in ("<stderr>", "<stdout>")
+                ):
+                    if shared is None:
+                        shared = logging.FileHandler(target, encoding="utf-8")
+                        shared.setFormatter(
+                            logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s")
+                        )
+                    logger.removeHandler(handler)
+                    if shared not in logger.handlers:
+                        logger.addHandler(shared)
+    return target
 
 
 def _env_port(name: str) -> int:
