@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -285,7 +286,21 @@ def test_newcomer_path(head, tmp_path):
     started = head.start()
     assert head.dashboard in started.stdout
     assert head.pgid is not None
+    # The token file this head uses was written with the umask (0644); start.sh made it 0600.
+    assert stat.S_IMODE(Path(head.start_env["RAY_AUTH_TOKEN_PATH"]).stat().st_mode) == 0o600
     lap("start")
+    # A driver joining this head at its loopback address, as `freshrank train --address
+    # 127.0.0.1:PORT` does, connects (it used to retry the machine's own IP for minutes).
+    joined = head.run(
+        str(BIN / "python"),
+        "-c",
+        "import ray; from freshrank.ops.runtime import init_ray; "
+        f"info = init_ray(address='127.0.0.1:{head.ports['RAY']}', log_to_driver=False); "
+        "print('joined', info.node_ip, int(ray.cluster_resources()['CPU']))",
+        timeout=90,
+    )
+    assert "joined 127.0.0.1 4" in joined.stdout, joined.stdout + joined.stderr
+    lap("join at 127.0.0.1")
     with httpx.Client(timeout=10) as client:
         assert client.get(f"{head.dashboard}/api/jobs/").status_code == 401
         token = Path(head.start_env["RAY_AUTH_TOKEN_PATH"]).read_text()
