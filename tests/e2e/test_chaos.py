@@ -1,0 +1,88 @@
+"""The chaos suite, bounded: the whole loop (its own local Ray, 2 replicas, the trainer as its own
+process, a producer, requests throughout) with faults injected one at a time by
+``bench/chaos.py``; then, per fault, what a user would have seen, and over the run, events lost
+and duplicated. ``python bench/chaos.py`` is the long form (every fault)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+FAULTS = ("corrupt-champion", "garbage-champion", "train-worker-kill", "full-disk", "bad-shards")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("chaos")
+    path = out / "report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), str(ROOT / "bench")])
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "chaos.py"), "--workdir", str(out)]
+        + ["--faults", ",".join(FAULTS), "--hold-s", "4", "--settle-s", "3"]
+        + ["--fault-timeout-s", "60", "--json", str(path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(path.read_text())
+
+
+def _fault(report: dict, name: str) -> dict:
+    (fault,) = [f for f in report["faults"] if f["name"] == name]
+    return fault
+
+
+def test_a_corrupt_champion_and_a_replica_restart_do_not_take_requests_down(report):
+    fault = _fault(report, "corrupt-champion")
+    assert fault["sent"] >= 40
+    # the one request in flight on the killed replica may fail, and then as a 503
+    assert sum(fault["failed"].values()) <= 1 and set(fault["failed"]) <= {"503"}, fault
+    assert fault["heal_s"] is not None, fault
+
+
+def test_a_garbage_champion_pointer_fails_nothing_and_crashes_no_trainer(report):
+    fault = _fault(report, "garbage-champion")
+    assert fault["sent"] >= 20 and fault["failed"] == {}, fault
+    assert fault["checks"]["trainer_restarted"] == 0, fault
+    assert fault["checks"]["train_workers_replaced"] is False, fault
+
+
+def test_trainer_faults_heal_with_a_new_version_and_serving_is_untouched(report):
+    for name in ("train-worker-kill", "full-disk"):
+        fault = _fault(report, name)
+        if fault["skipped"]:
+            assert name == "full-disk", fault  # only where no tmpfs can be mounted
+            continue
+        assert fault["failed"] == {}, fault
+        assert fault["heal_s"] is not None, fault
+    full = _fault(report, "full-disk")
+    if not full["skipped"]:
+        assert full["checks"]["promotion_log_readable"] is True, full
+
+
+def test_bad_shards_are_refused_or_counted_and_poison_nothing(report):
+    fault = _fault(report, "bad-shards")
+    assert fault["failed"] == {} and fault["heal_s"] is not None, fault
+    final = report["final_checks"]
+    assert final["quarantined"] >= 2  # the non-parquet and the wrong-schema shards
+    assert final["latest_watermark_minus_now_s"] <= 300  # no watermark in the future
+    assert final["freshness_gauges_min_s"] is None or final["freshness_gauges_min_s"] >= 0
+    assert final["promotion_log_readable"] is True
+
+
+def test_nothing_lost_nothing_trained_twice(report):
+    assert report["events_unique"] > 10_000
+    assert report["events_lost"] == 0, report
+    assert report["events_duplicated"] == 0, report
