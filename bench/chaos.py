@@ -504,6 +504,7 @@ def _full_disk(stack: Stack, checks: dict[str, Any]) -> None:
     checks["free_bytes_when_full"] = shutil.disk_usage(stack.registry).free
     time.sleep(stack.config.hold_s)
     filler.unlink()
+    checks["free_mb_after"] = shutil.disk_usage(stack.registry).free >> 20
     checks["promotion_log_readable"] = _log_readable(stack)
 
 
@@ -742,7 +743,17 @@ def _final_checks(stack: Stack) -> dict[str, Any]:
         "promotion_log_readable": _log_readable(stack),
         "quarantined": len(stack.zone.quarantined()),
         "trainer_exit_codes": stack.trainer_exits,
+        "registry_mb": _du_mb(stack.registry),
     }
+
+
+def _du_mb(root: Path) -> dict[str, int]:
+    """Megabytes under each top-level entry of the registry (what fills a small disk)."""
+    out: dict[str, int] = {}
+    for entry in root.iterdir():
+        files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+        out[entry.name] = sum(p.stat().st_size for p in files) >> 20
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
