@@ -200,6 +200,11 @@ class LandingZone(StorageBacked):
             ) from None
         return self._ref(entry)
 
+    def next_seq(self) -> int:
+        """1 + the largest sequence number in the zone or its quarantine (1 when empty): the
+        number the next published shard gets, unless another writer takes it first."""
+        return self._next_seq()
+
     def _next_seq(self) -> int:
         """1 + the largest sequence number in the zone or its quarantine (1 when empty)."""
         # Root first, then quarantine: a shard being quarantined meanwhile is seen in one of them.

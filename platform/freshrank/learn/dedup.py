@@ -87,7 +87,9 @@ class SeenEvents:
         return {"order": self._order, "capacity": np.asarray(self.capacity, np.int64)}
 
     @classmethod
-    def from_registry(cls, registry: Registry, info: VersionInfo | None, capacity: int) -> SeenEvents:
+    def from_registry(
+        cls, registry: Registry, info: VersionInfo | None, capacity: int
+    ) -> SeenEvents:
         """The memory saved with version ``info`` (empty on a first run, or for a version
         written before de-duplication existed), resized to ``capacity``."""
         if info is None or SEEN_EVENTS_FILE not in info.manifest.get("files", {}):

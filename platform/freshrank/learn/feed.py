@@ -189,7 +189,12 @@ class ShardFeed:
             stop = table.num_rows
             if budget is not None and int(keep.sum()) > budget:
                 cut = int(np.flatnonzero(keep)[budget - 1]) + 1
-                stop, reasons, keep, part = start + cut, reasons[:cut], keep[:cut], part.slice(0, cut)
+                stop, reasons, keep, part = (
+                    start + cut,
+                    reasons[:cut],
+                    keep[:cut],
+                    part.slice(0, cut),
+                )
             plans.append(_plan(ref, start, stop, stop == table.num_rows, part, reasons))
             kept_ids.append(hashes[start:stop][keep])
             if stop < table.num_rows:
