@@ -143,15 +143,14 @@ def _stop_on_signals(control: TrainerControl) -> contextlib.AbstractContextManag
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
-    """Rank 0 keeps ``TRAINER`` beating while the loop runs and says ``failed`` (with the
-    reason) when it raises."""
+    """Rank 0 keeps ``TRAINER`` beating from the moment it is ready (what the demo and the
+    benchmarks wait for) and says ``failed`` (with the reason) when the loop raises."""
     import ray.train
 
     config: TrainConfig = loop_config["config"]
     beat = None
     if ray.train.get_context().get_world_rank() == 0:
         beat = TrainerHeartbeat(config.registry, config.heartbeat_interval_s)
-        beat.start("starting")
     try:
         _consume_windows(config, beat)
     except BaseException as exc:
@@ -213,7 +212,7 @@ def _consume_windows(config: TrainConfig, beat: TrainerHeartbeat | None) -> None
     warm_up_reader(model_config.features, registry, rank)
     all_gather(None)  # every rank is ready
     if beat is not None:
-        beat.update(state="ready", version=progress.version, cursor=feed.cursor)
+        beat.start("ready", version=progress.version, cursor=feed.cursor)
     worker = _Worker(
         model=model,
         core=core,
