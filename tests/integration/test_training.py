@@ -1,13 +1,17 @@
 """Two Ray Train workers over a few shards, on the session's local Ray."""
 
 import dataclasses
+from datetime import datetime, timezone
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from freshrank.drift import DriftMonitor
 from freshrank.events.landing import LandingZone
 from freshrank.events.produce import ProducerConfig, run_producer
+from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.learn import TrainConfig, run_training
 from freshrank.learn.train import _strategy_part
 from freshrank.registry import Registry, load_latest_or_init
@@ -47,6 +51,8 @@ def test_two_workers_train_every_valid_event_once_and_resume(ray_local, tmp_path
     assert first.events_trained == produced.valid_events == 5 * 990
     assert len(LandingZone(landing).quarantined()) == produced.bad_shards_written == 2
     assert sum(m["rows_dropped"] for m in manifests) == 5 * 10
+    assert sum(m["rows_read"] for m in manifests) == 5 * 1000  # every row read is counted
+    assert all(m["rows_out_of_time"] == m["rows_duplicate"] == 0 for m in manifests)
     for m in manifests:
         assert np.isfinite(m["metrics"]["loss"]) and m["world_size"] == 2
         assert set(m["stage_times"]) == {"read_at", "trained_at"}
@@ -87,7 +93,7 @@ def test_two_workers_train_every_valid_event_once_and_resume(ray_local, tmp_path
     held = [p["0.exemplar_replay/rows/label"] for p in parts]
     assert all(0 < len(h) <= 500 and (h == 1).all() for h in held)  # clicks only, bounded
     assert "0.exemplar_replay/meta/negatives_rng" in parts[1]
-    # Rank 0 had rows in every window (a one-shard window goes to rank 0).
+    # Rank 0 had rows in every window (a window's rows are dealt evenly to the ranks).
     assert int(parts[0]["1.lwf/meta/windows"]) == len(manifests)
     one = _strategy_part(state.replay_state, 0, 1)["0.exemplar_replay/rows/label"]
     assert len(one) == sum(len(h) for h in held)
@@ -109,3 +115,45 @@ def test_two_workers_train_every_valid_event_once_and_resume(ray_local, tmp_path
     new_shards = [s for v in second.versions for s in reg.get(v).manifest["shards"]]
     assert len(new_shards) == 2 and min(new_shards) > max(trained_shards)
     assert reg.get(second.versions[0]).manifest["parent"] == first.versions[-1]
+
+
+def test_bad_rows_on_two_workers_are_counted_and_a_big_shard_is_split(ray_local, tmp_path):
+    """Real Ray Data reads, two ranks: a shard landed twice is trained once, far-future rows
+    are counted and keep the watermark at or before now, and a 3,000-row shard is trained in
+    windows of at most 1,000 rows, dealt evenly to both ranks."""
+    landing, registry = LandingZone(tmp_path / "landing"), tmp_path / "registry"
+    sim = Simulator(SimulatorConfig(seed=8, start_time=datetime.now(timezone.utc)))
+    shard = sim.generate(100)  # 1,000 rows
+    landing.write_shard(shard)
+    landing.write_shard(shard)  # the same events again
+    big = sim.generate(300)
+    idx = big.schema.get_field_index("event_time")
+    late = np.arange(big.num_rows) % 10 == 0  # 300 rows stamped 9999-01-01
+    col = big.column(idx)
+    stamped = pc.if_else(
+        pa.array(late), pa.scalar(datetime(9999, 1, 1, tzinfo=timezone.utc), col.type), col
+    )
+    landing.write_shard(big.set_column(idx, big.schema.field(idx), stamped))
+    landing.mark_done()
+    config = TrainConfig(
+        landing=str(landing.root),
+        registry=str(registry),
+        num_workers=2,
+        max_rows_per_window=1000,
+        drift=False,
+        gate_min_rows=100,
+    )
+    summary = run_training(config)
+
+    reg = Registry(registry)
+    manifests = [reg.get(v).manifest for v in reg.list_versions()]
+    assert summary.events_trained == 1000 + 2700
+    assert [m["window_events"] for m in manifests] == [1000, 1000, 1000, 700]
+    assert sum(m["rows_duplicate"] for m in manifests) == 1000
+    assert sum(m["rows_out_of_time"] for m in manifests) == 300
+    assert sum(m["rows_read"] for m in manifests) == 5000
+    assert all(m["watermark"] <= m["created_at"] for m in manifests)
+    status = reg.trainer_status()
+    assert status["state"] == "stopped" and status["heartbeat_interval_s"] == 5.0
+    state = load_latest_or_init(reg)
+    assert (state.cursor, state.manifest["cursor_offset"]) == (3, 0)

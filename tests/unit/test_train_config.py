@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -92,3 +93,19 @@ def test_the_knobs_size_strategies_exactly_as_before(name):
     want = tuple(_former_sized(cfg, p) for p in parts)
     got = cfg.strategy_config()
     assert (got.parts if isinstance(got, CombinedConfig) else (got,)) == want
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_rows_per_window", 0, "max_rows_per_window must be >= 1 or None, got 0"),
+        ("max_future_skew_s", -1.0, "max_future_skew_s must be >= 0 seconds or None"),
+        ("max_past_age_s", float("nan"), "max_past_age_s must be >= 0 seconds or None"),
+        ("dedup_horizon_events", -5, "dedup_horizon_events must be >= 0 (0 turns it off)"),
+        ("heartbeat_interval_s", 0.0, "heartbeat_interval_s must be > 0 seconds"),
+    ],
+)
+def test_bad_data_bounds_are_checked_with_the_field_named(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig("l", "r", **{field: value})
+    assert TrainConfig("l", "r", max_rows_per_window=None, max_future_skew_s=None)

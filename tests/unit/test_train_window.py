@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from _tiny import FEATURES, MODEL
@@ -19,8 +18,8 @@ from freshrank.drift.monitor import DriftMonitor
 from freshrank.events.landing import LandingZone
 from freshrank.events.schema import empty_events
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.features.encode import concat_inputs, encode
-from freshrank.features.reading import REQUEST_KEY, encode_batch
+from freshrank.features.encode import encode
+from freshrank.features.reading import REQUEST_KEY, read_pieces
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.feed import ShardFeed
 from freshrank.learn.gating import ChampionScorer, GateJudge
@@ -32,11 +31,10 @@ from freshrank.registry import GateConfig, Promoter, PromotionMode, PromotionPol
 from freshrank.registry.control import TrainerControl
 
 
-def _read_with_pyarrow(paths, features, filesystem=None):
+def _read_with_pyarrow(paths, features, filesystem=None, selections=None):
     if not paths:
         return encode(empty_events(), features), np.zeros(0, dtype=str)
-    parts = [encode_batch(pq.read_table(p), features) for p in paths]
-    rows = concat_inputs(parts)
+    rows = read_pieces(paths, selections, features, filesystem)  # what the Ray Data task runs
     return rows, np.asarray(rows.pop(REQUEST_KEY), dtype=str)
 
 

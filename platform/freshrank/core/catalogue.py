@@ -46,6 +46,10 @@ REQUEST_STATUSES: tuple[str, ...] = ("ok", "client_error", "server_error", "unav
 PROMOTION_OUTCOMES: tuple[str, ...] = ("promoted", "rejected", "rolled_back", "error")
 """Values of the `outcome` tag of `freshrank_promotions_total`."""
 
+ROW_DROP_REASONS: tuple[str, ...] = ("missing_field", "out_of_time", "duplicate")
+"""Values of the `reason` tag of `freshrank_rows_dropped_total` (the same words as
+`freshrank.events.selection.DROP_REASONS` and the manifest's row counts)."""
+
 DRIFT_STATISTICS: tuple[str, ...] = (
     "psi",
     "js",
@@ -306,8 +310,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     ),
     _counter(
         "freshrank_rows_dropped_total",
-        "Event rows dropped before training (missing required fields, bad values).",
+        "Event rows read from valid shards and not trained, by reason (ROW_DROP_REASONS: a "
+        "missing required field, an event time beyond the allowed skew or age, an event id "
+        "already trained).",
         "rows",
+        "reason",
+        reason=ROW_DROP_REASONS,
     ),
     _counter("freshrank_events_trained_total", "Event rows the trainer has trained on.", "events"),
     _counter(

@@ -18,10 +18,12 @@ from freshrank.events.schema import (
     schema_problem,
     valid_row_mask,
 )
+from freshrank.events.selection import DROP_REASONS, RowSelection, TimeBounds
 from freshrank.events.simulator import DEVICES, Simulator, SimulatorConfig
 
 __all__ = [
     "DEVICES",
+    "DROP_REASONS",
     "EVENT_SCHEMA",
     "FILE_SCHEMA",
     "REQUIRED_FIELDS",
@@ -30,10 +32,12 @@ __all__ = [
     "LandingZone",
     "ProducerConfig",
     "ProducerStats",
+    "RowSelection",
     "ShardRead",
     "ShardRef",
     "Simulator",
     "SimulatorConfig",
+    "TimeBounds",
     "conform",
     "drop_invalid_rows",
     "empty_events",

@@ -26,6 +26,22 @@ with seq > n is new") stays valid. Quarantine is a ``rename`` locally and copy-t
 object store; a crash between the two leaves the shard in both places, which the next
 :meth:`LandingZone.quarantine` of it completes instead of quarantining a second copy.
 
+What a reader promises about the rows (the trainer's shard feed, ``freshrank.learn.feed``):
+
+* every row read ends up in exactly one count of the version that covers it (manifest
+  ``window_events``, ``rows_dropped`` for a missing required field, ``rows_out_of_time``,
+  ``rows_duplicate``; a shard that is not a valid event shard is quarantined with its reason);
+* **de-duplication** is by event id: a row whose ``event_id`` was already trained within the
+  horizon (the last ``TrainConfig.dedup_horizon_events`` trained ids, kept in every version,
+  so a restart keeps them), or that an earlier row of the same window has, is dropped and
+  counted as a duplicate. So the same shard landed twice (same event ids), or a producer's
+  retried write, is trained once as long as fewer than that many events were trained between
+  the two landings; the landing zone itself keeps both files (sequence numbers are never
+  reused);
+* **time**: a row whose ``event_time`` is later than the reader's clock plus
+  ``TrainConfig.max_future_skew_s`` (or older than ``max_past_age_s``, when set) is dropped and
+  counted as out of time, so a clock gone wrong never moves the model's watermark past now.
+
 Nothing is created until the first write.
 """
 
@@ -184,6 +200,11 @@ class LandingZone(StorageBacked):
             ) from None
         return self._ref(entry)
 
+    def next_seq(self) -> int:
+        """1 + the largest sequence number in the zone or its quarantine (1 when empty): the
+        number the next published shard gets, unless another writer takes it first."""
+        return self._next_seq()
+
     def _next_seq(self) -> int:
         """1 + the largest sequence number in the zone or its quarantine (1 when empty)."""
         # Root first, then quarantine: a shard being quarantined meanwhile is seen in one of them.
@@ -210,16 +231,9 @@ class LandingZone(StorageBacked):
         I/O error of the store itself (a network failure) is raised as it is, never taken for
         a bad shard.
         """
-        data = self._storage.read(self._name_of(ref))  # whole object: I/O errors raise here
-        try:
-            table = pq.read_table(pa.BufferReader(data))
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise InvalidShard(f"not readable as parquet: {exc}") from exc
-        problem = schema_problem(table.schema)
-        if problem is not None:
-            raise InvalidShard(f"wrong schema: {problem}")
+        table = self.read_events(ref)
         rows_total = table.num_rows
-        kept, dropped = drop_invalid_rows(conform(table))
+        kept, dropped = drop_invalid_rows(table)
         lo, hi = _time_range(kept)
         return ShardRead(
             ref=ref,
@@ -229,6 +243,22 @@ class LandingZone(StorageBacked):
             min_event_time=lo,
             max_event_time=hi,
         )
+
+    def read_events(self, ref: ShardRef) -> pa.Table:
+        """Every row of a shard, in file order, conformed to the file schema (nothing dropped:
+        the shard feed decides row by row what is trained, see ``events.selection``).
+
+        Raises like :meth:`read_shard`.
+        """
+        data = self._storage.read(self._name_of(ref))  # whole object: I/O errors raise here
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise InvalidShard(f"not readable as parquet: {exc}") from exc
+        problem = schema_problem(table.schema)
+        if problem is not None:
+            raise InvalidShard(f"wrong schema: {problem}")
+        return conform(table)
 
     def validate(self, ref: ShardRef) -> ShardRead | None:
         """:meth:`read_shard`, quarantining an invalid shard and returning ``None`` for it.

@@ -13,6 +13,11 @@ Fault injection, for exercising the readers' quarantine and row checks:
   with a wrong schema.
 - ``null_row_fraction = f``: in every good shard exactly ``round(f * shard_events)`` rows get a
   null ``null_field`` (a required field), so readers drop and count them.
+
+Event and request ids carry a tag of the run (``s<first free seq>-<simulator id>``): a
+producer started again on the same landing zone with the same seed lands new ids, not the
+earlier run's, which the trainer would drop as duplicates (it de-duplicates by event id); two
+runs on empty zones still land the same rows.
 """
 
 from __future__ import annotations
@@ -171,6 +176,7 @@ def run_producer(
     sim = Simulator(sim_config)
     rng = np.random.default_rng([sim_config.seed, 0x5EED])
     requests_per_shard = config.shard_events // sim_config.list_size
+    run_tag = f"s{zone.next_seq()}"  # the first sequence number this run may take
     interval = config.shard_interval_s
     stats = ProducerStats()
     t0 = time.monotonic()
@@ -179,7 +185,7 @@ def run_producer(
         due = (i + 1) * interval
         if config.duration_s is not None and due > config.duration_s + 1e-9:
             break
-        table = sim.generate(requests_per_shard)
+        table = _tag_ids(sim.generate(requests_per_shard), run_tag)
         table, n_null = _null_out(table, config.null_field, config.null_rows_per_shard, rng)
         if _wait_until(t0 + due, stop):
             break
@@ -213,6 +219,15 @@ def _wait_until(deadline: float, stop: threading.Event | None) -> bool:
         return stop.wait(remaining)
     time.sleep(remaining)
     return False
+
+
+def _tag_ids(table: pa.Table, tag: str) -> pa.Table:
+    """``table`` with ``<tag>-`` before every event and request id."""
+    for name in ("event_id", "request_id"):
+        idx = table.schema.get_field_index(name)
+        tagged = pc.binary_join_element_wise(f"{tag}-", table.column(idx), "")
+        table = table.set_column(idx, table.schema.field(idx), tagged)
+    return table
 
 
 def _null_out(

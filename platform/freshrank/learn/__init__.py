@@ -2,6 +2,7 @@
 trainer; backtests in ``freshrank.learn.backtest``."""
 
 from freshrank.learn.config import TrainConfig
+from freshrank.learn.dedup import SeenEvents
 from freshrank.learn.feed import ShardFeed, ShardPlan, Window
 from freshrank.learn.optim import make_optimizer
 from freshrank.learn.replay import ReservoirBuffer
@@ -9,6 +10,7 @@ from freshrank.learn.train import TrainSummary, run_training
 
 __all__ = [
     "ReservoirBuffer",
+    "SeenEvents",
     "ShardFeed",
     "ShardPlan",
     "TrainConfig",

@@ -69,6 +69,24 @@ class TrainConfig:
     store the reference with each version (drift.npz) for the Serve replicas."""
     max_shards_per_window: int = 16
     """Most shards in one window: a backlog is caught up in bigger windows (fewer fixed costs)."""
+    max_rows_per_window: int | None = 100_000
+    """Most rows to train in one window (None: no bound): a window stops taking shards once it
+    holds this many, and a larger shard is split by row range across windows (the cursor then
+    points inside it, so nothing is lost or trained twice across a restart)."""
+    max_future_skew_s: float | None = 300.0
+    """Rows whose event time is later than the trainer's clock plus this are dropped and
+    counted as out of time (``rows_out_of_time``), so a wrong clock never moves the watermark
+    past now (None: no bound; the watermark is still never later than the checkpoint time)."""
+    max_past_age_s: float | None = None
+    """Rows older than this (seconds before the trainer's clock) are dropped and counted as out
+    of time; None accepts any age (a backfill of old events trains as usual)."""
+    dedup_horizon_events: int = 200_000
+    """Event ids the trainer remembers (the most recently trained) to drop a re-landed event
+    as a duplicate (``rows_duplicate``); kept with every version (8 bytes an id), so a restart
+    keeps them. 0 turns de-duplication by event id off."""
+    heartbeat_interval_s: float = 5.0
+    """How often the trainer refreshes ``TRAINER``; readers call it stale after 3 intervals
+    without a beat and dead after 12 (``freshrank status``)."""
     poll_interval_s: float = 0.2
     gap_timeout_s: float = 10.0
     idle_timeout_s: float | None = None
@@ -97,6 +115,23 @@ class TrainConfig:
         if self.max_shards_per_window < 1:
             raise ValueError(
                 f"max_shards_per_window must be >= 1, got {self.max_shards_per_window}"
+            )
+        if self.max_rows_per_window is not None and self.max_rows_per_window < 1:
+            raise ValueError(
+                f"max_rows_per_window must be >= 1 or None, got {self.max_rows_per_window}"
+            )
+        for name in ("max_future_skew_s", "max_past_age_s"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0 seconds or None, got {value}")
+        if self.dedup_horizon_events < 0:
+            raise ValueError(
+                f"dedup_horizon_events must be >= 0 (0 turns it off), "
+                f"got {self.dedup_horizon_events}"
+            )
+        if not self.heartbeat_interval_s > 0:
+            raise ValueError(
+                f"heartbeat_interval_s must be > 0 seconds, got {self.heartbeat_interval_s}"
             )
         if self.promotion not in PROMOTION_MODES:
             raise ValueError(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from freshrank.core.serialization import npz_bytes
 from freshrank.core.signals import on_stop_signals
 from freshrank.drift import DriftMonitor, WindowSketch
 from freshrank.drift.sketches import NumericHistogram
@@ -35,6 +36,7 @@ from freshrank.features.encode import FeatureConfig, num_rows
 from freshrank.features.reading import read_shards
 from freshrank.learn.collectives import all_gather, all_reduce_sum, broadcast, rank_world
 from freshrank.learn.config import TrainConfig
+from freshrank.learn.dedup import SEEN_EVENTS_FILE, SeenEvents
 from freshrank.learn.feed import ShardFeed, Window
 from freshrank.learn.gating import ChampionScorer, GateJudge, say
 from freshrank.learn.optim import load_optimizer_state, make_optimizer
@@ -42,6 +44,7 @@ from freshrank.learn.publish import (
     WindowProgress,
     WindowReport,
     checkpoint_window,
+    export_row_counts,
     export_window_metrics,
 )
 from freshrank.learn.step import score_rows, train_window
@@ -53,7 +56,7 @@ from freshrank.registry.checkpoint import (
     TrainingState,
     load_latest_or_init,
 )
-from freshrank.registry.control import FencedOut, TrainerControl
+from freshrank.registry.control import FencedOut, TrainerControl, TrainerHeartbeat
 from freshrank.registry.promotion import (
     GateConfig,
     Promoter,
@@ -106,8 +109,12 @@ def run_training(config: TrainConfig) -> TrainSummary:
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
     )
-    with _stop_on_signals(control):
-        trainer.fit()
+    try:
+        with _stop_on_signals(control):
+            trainer.fit()
+    except Exception as exc:  # TRAINER says failed, and why (best effort: the disk may be full)
+        TrainerHeartbeat(config.registry, config.heartbeat_interval_s).fail(exc)
+        raise
     new = [v for v in registry.list_versions() if v not in before]
     manifests = [registry.get(v).manifest for v in new]
     latest = registry.latest_version()
@@ -140,12 +147,28 @@ def _stop_on_signals(control: TrainerControl) -> contextlib.AbstractContextManag
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
+    """Rank 0 keeps ``TRAINER`` beating from the moment it is ready (what the demo and the
+    benchmarks wait for) and says ``failed`` (with the reason) when the loop raises."""
+    import ray.train
+
+    config: TrainConfig = loop_config["config"]
+    beat = None
+    if ray.train.get_context().get_world_rank() == 0:
+        beat = TrainerHeartbeat(config.registry, config.heartbeat_interval_s)
+    try:
+        _consume_windows(config, beat)
+    except BaseException as exc:
+        if beat is not None:
+            beat.fail(exc)
+        raise
+
+
+def _consume_windows(config: TrainConfig, beat: TrainerHeartbeat | None) -> None:
     import ray.train
     import ray.train.torch
 
     from freshrank.core.telemetry import NullTelemetry, default_telemetry
 
-    config: TrainConfig = loop_config["config"]
     configure_ray_data()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -172,12 +195,19 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         cursor=state.cursor if state else 0,
         max_shards=config.max_shards_per_window,
         gap_timeout_s=config.gap_timeout_s,
+        cursor_offset=int(state.manifest.get("cursor_offset", 0)) if state else 0,
+        max_rows=config.max_rows_per_window,
+        max_future_skew_s=config.max_future_skew_s,
+        max_past_age_s=config.max_past_age_s,
+        seen=_seen_events(registry, state, config) if rank == 0 else SeenEvents(0),
     )
     metrics = default_telemetry() if rank == 0 else NullTelemetry()
     drift = _drift_monitor(state, metrics) if config.drift else None
     progress = WindowProgress.from_state(state)
     control = TrainerControl(config.registry)
     epoch = control.claim() if rank == 0 else ""
+    if beat is not None:
+        beat.guard(lambda: control.holder() == epoch)  # a replaced trainer stops writing TRAINER
     promoter = Promoter(registry, GateConfig(min_rows=config.gate_min_rows), metrics=metrics)
     policy = PromotionPolicy(PromotionMode(config.promotion), promoter)
     gate = GateJudge(policy, control, epoch)
@@ -185,10 +215,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     fenced = False
     warm_up_reader(model_config.features, registry, rank)
     all_gather(None)  # every rank is ready
-    if rank == 0:
-        registry.write_trainer_status(
-            {"state": "ready", "version": progress.version, "cursor": feed.cursor}
-        )
+    if beat is not None:
+        beat.start("ready", version=progress.version, cursor=feed.cursor)
     worker = _Worker(
         model=model,
         core=core,
@@ -205,7 +233,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     while True:
         plan = None
         if rank == 0 and not fenced:
-            window = _next_window(feed, landing, config, progress, metrics, control)
+            window = _next_window(feed, landing, config, progress, metrics, control, beat)
             if window is not None:
                 champion = registry.champion_version()
                 judged = pending if pending is not None and pending != champion else None
@@ -229,23 +257,33 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 say(str(exc))
                 fenced = True
             else:
+                seen = npz_bytes(feed.seen_after(plan.window).state_dict())
                 info = checkpoint_window(
-                    registry, plan.window, report, core, optimizer, strategy_parts, drift, progress
+                    registry,
+                    plan.window,
+                    report,
+                    core,
+                    optimizer,
+                    strategy_parts,
+                    drift,
+                    progress,
+                    extra_files={SEEN_EVENTS_FILE: seen},
                 )
                 feed.commit(plan.window)
                 pending = policy.after_checkpoint(info)
                 if config.keep_versions is not None:
                     registry.prune(config.keep_versions)
                 export_window_metrics(metrics, plan.window, report, progress)
+                if beat is not None:
+                    beat.update(version=progress.version, cursor=feed.cursor, skipped={})
         ray.train.report({"window": progress.windows, **report.metrics})
-    if rank == 0 and not fenced:
-        registry.write_trainer_status(
-            {
-                "state": "stopped",
-                "version": progress.version,
-                "cursor": feed.cursor,
-                "pending": pending,
-            }
+    if beat is not None and not fenced:
+        beat.finish(
+            "stopped",
+            version=progress.version,
+            cursor=feed.cursor,
+            pending=pending,
+            skipped=progress.skipped,
         )
 
 
@@ -276,6 +314,14 @@ class _Worker:
     rng: np.random.Generator
 
 
+def _seen_events(
+    registry: Registry, state: TrainingState | None, config: TrainConfig
+) -> SeenEvents:
+    """The de-duplication memory of the version the trainer resumes from."""
+    info = registry.get(state.version) if state is not None else None
+    return SeenEvents.from_registry(registry, info, config.dedup_horizon_events)
+
+
 def _drift_monitor(state: TrainingState | None, metrics: Any) -> DriftMonitor:
     if state is not None and state.drift_state is not None:
         return DriftMonitor.from_state(state.drift_state, metrics=metrics)
@@ -289,6 +335,7 @@ def _next_window(
     progress: WindowProgress,
     metrics: Any,
     control: TrainerControl,
+    beat: TrainerHeartbeat | None = None,
 ) -> Window | None:
     """Rank 0: block until a window with valid rows is ready, or return None to stop."""
     idle_since = time.monotonic()
@@ -304,7 +351,13 @@ def _next_window(
                 metrics.inc("freshrank_shards_quarantined_total")
             if window.rows_valid > 0:
                 return window
-            feed.commit(window)  # nothing to learn: only quarantined or empty shards
+            # Nothing to learn (every row dropped, or only quarantined shards): no version,
+            # so the counts wait for the next one's manifest and are in TRAINER meanwhile.
+            feed.commit(window)
+            skipped = progress.skip(window)
+            export_row_counts(metrics, window)
+            if beat is not None:
+                beat.update(cursor=feed.cursor, skipped=skipped)
             idle_since = time.monotonic()
             continue
         if done and not landing.list_shards(after=feed.cursor):
@@ -325,10 +378,9 @@ def _train_window(plan: _Plan, w: _Worker, judge: Judge | None) -> WindowReport:
     rows), sketch for drift, train with the strategy. Same collectives on every rank."""
     rank, world = rank_world()
     t0 = time.perf_counter()
-    paths, filesystem = LandingZone(w.config.landing).read_source(
-        assign_shards(plan.window.shards, rank, world)
-    )
-    rows, requests = read_shards(paths, w.features, filesystem)
+    pieces = assign_shards(plan.window.shards, rank, world)
+    paths, filesystem = LandingZone(w.config.landing).read_source([p for p, _ in pieces])
+    rows, requests = read_shards(paths, w.features, filesystem, [s for _, s in pieces])
     counts = all_gather(num_rows(rows))
     read_at = time.time()
     t_read = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from freshrank.events.selection import RowSelection
 from freshrank.features.encode import FeatureConfig, candidates_table
 from freshrank.features.reading import read_shards
 from freshrank.learn.feed import ShardPlan
@@ -44,17 +45,41 @@ def warm_up_reader(features: FeatureConfig, registry: Registry, rank: int) -> No
     read_shards(paths, features, filesystem)
 
 
-def assign_shards(shards: tuple[ShardPlan, ...], rank: int, world: int) -> list[str]:
-    """Balance shards over ranks by rows (largest first onto the least loaded rank).
+def assign_shards(
+    shards: tuple[ShardPlan, ...], rank: int, world: int
+) -> list[tuple[str, RowSelection]]:
+    """The rows of a window that ``rank`` reads: ``(path, selection)`` per file.
 
-    >>> plans = tuple(ShardPlan(i, f"s{i}", 0.0, r, 0, None) for i, r in enumerate([5, 3, 3, 1]))
-    >>> assign_shards(plans, 0, 2), assign_shards(plans, 1, 2)
-    (['s0', 's3'], ['s1', 's2'])
+    The window's rows to train, in shard order, are cut into ``world`` runs of equal length
+    (within one row), so every rank trains as many rows as the others even when the window is
+    one large shard; a shard on a boundary is read by both ranks, each taking its rows.
+
+    >>> from freshrank.events.selection import RowSelection as S
+    >>> plans = tuple(
+    ...     ShardPlan(i, f"s{i}", 0.0, r, 0, None, selection=S(0, r))
+    ...     for i, r in enumerate([5, 3], start=1)
+    ... )
+    >>> [(p, s.start, s.stop) for p, s in assign_shards(plans, 0, 2)]
+    [('s1', 0, 4)]
+    >>> [(p, s.start, s.stop) for p, s in assign_shards(plans, 1, 2)]
+    [('s1', 4, 5), ('s2', 0, 3)]
     """
-    load = [0] * world
-    owner: dict[str, int] = {}
-    for shard in sorted(shards, key=lambda s: (-s.rows_valid, s.seq)):
-        r = min(range(world), key=lambda i: (load[i], i))
-        owner[shard.path] = r
-        load[r] += shard.rows_valid
-    return [s.path for s in sorted(shards, key=lambda s: s.seq) if owner[s.path] == rank]
+    total = sum(s.rows_valid for s in shards)
+    lo, hi = rank * total // world, (rank + 1) * total // world
+    out: list[tuple[str, RowSelection]] = []
+    at = 0
+    for shard in sorted(shards, key=lambda s: (s.seq, s.selection.start)):
+        first, last = max(lo, at) - at, min(hi, at + shard.rows_valid) - at
+        if first < last:
+            out.append((shard.path, _known_stop(shard).subrange(first, last)))
+        at += shard.rows_valid
+    return out
+
+
+def _known_stop(shard: ShardPlan) -> RowSelection:
+    """The plan's selection with its stop filled in (a plan made by hand may leave it None:
+    every row of the file, all of them kept)."""
+    sel = shard.selection
+    if sel.stop is not None:
+        return sel
+    return RowSelection(sel.start, sel.start + shard.rows_valid, None, shard.rows_valid)

@@ -139,6 +139,7 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         metrics_url: a Prometheus text endpoint (``http://127.0.0.1:PORT/metrics``); None
             skips. An endpoint that does not answer is reported, not raised.
     """
+    from freshrank.registry.control import trainer_health
     from freshrank.registry.store import Registry
 
     now = time.time()
@@ -186,7 +187,7 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         champion=champion,
         versions=len(versions),
         latest_version=versions[-1] if versions else None,
-        trainer=registry.trainer_status(),
+        trainer=trainer_health(registry.trainer_status(), now),
         windows=windows,
         drift=drift,
         drift_version=drift_version,
@@ -228,6 +229,10 @@ def render_status(status: Status) -> str:
     if trainer:
         ago = _duration(status.at - float(trainer.get("at", status.at)))
         state, cursor = trainer.get("state", "?"), trainer.get("cursor")
+        if trainer.get("reported_state"):  # stale or dead: no heartbeat for too long
+            state = f"{state} (no heartbeat; last said {trainer['reported_state']})"
+        elif trainer.get("reason"):
+            state = f"{state} ({str(trainer['reason'])[:80]})"
         text += f"; trainer {state} (said so {ago} ago), cursor {cursor}"
     add(_kv("versions", text))
     if status.landing is not None:
