@@ -343,9 +343,14 @@ def _trained_line(manifest: Mapping[str, Any]) -> str:
         value = metrics.get(key)
         if isinstance(value, int | float):
             parts.append(f"{name} {value:.3f}")
-    dropped = int(manifest.get("rows_dropped") or 0)
-    if dropped:
-        parts.append(f"{dropped} rows dropped")
+    for key, what in (
+        ("rows_dropped", "rows dropped (missing field)"),
+        ("rows_out_of_time", "rows out of time"),
+        ("rows_duplicate", "duplicate rows"),
+    ):
+        count = int(manifest.get(key) or 0)
+        if count:
+            parts.append(f"{count} {what}")
     alarms = manifest.get("drift_alarms") or []
     if alarms:
         parts.append("drift alarm " + ", ".join(map(str, alarms)))
