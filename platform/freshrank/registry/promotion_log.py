@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
@@ -34,7 +34,7 @@ from freshrank.core.storage import Storage
 from freshrank.registry.layout import PROMOTIONS_DIR, PROMOTIONS_LOG
 from freshrank.registry.records import count_unreadable
 
-__all__ = ["PromotionLog", "append_line", "heal_torn_tail", "parse_lines"]
+__all__ = ["PromotionLog", "append_line", "champion_history", "heal_torn_tail", "parse_lines"]
 
 _log = logging.getLogger(__name__)
 
@@ -116,6 +116,34 @@ def parse_lines(text: str) -> tuple[list[dict[str, Any]], list[int]]:
         else:
             skipped.append(number)
     return events, skipped
+
+
+def champion_history(events: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Every version that was champion, newest first, each once, leaving out versions rolled
+    back from (unless promoted again later): the order in which serving falls back and
+    rollback looks.
+
+    >>> log = [{"kind": "promoted", "to_version": 1}, {"kind": "promoted", "to_version": 2},
+    ...        {"kind": "rolled_back", "from_version": 2, "to_version": 1},
+    ...        {"kind": "promoted", "to_version": 3}]
+    >>> champion_history(log)
+    [3, 1]
+    """
+    history: list[int] = []
+    rolled_away: set[int] = set()
+    for event in events:
+        kind, to = event.get("kind"), event.get("to_version")
+        if kind == "rolled_back" and event.get("from_version") is not None:
+            rolled_away.add(int(event["from_version"]))
+        if kind in ("promoted", "rolled_back") and to is not None:
+            if kind == "promoted":
+                rolled_away.discard(int(to))
+            history.append(int(to))
+    out: list[int] = []
+    for version in reversed(history):
+        if version not in rolled_away and version not in out:
+            out.append(version)
+    return out
 
 
 def _event_or_none(data: bytes | None) -> dict[str, Any] | None:

@@ -55,7 +55,7 @@ from freshrank.registry.layout import (
     VERSIONS_DIR,
     version_dir,
 )
-from freshrank.registry.promotion_log import PromotionLog
+from freshrank.registry.promotion_log import PromotionLog, champion_history
 from freshrank.registry.records import UnreadablePointer, count_unreadable, parse_pointer
 
 _log = logging.getLogger(__name__)
@@ -241,21 +241,9 @@ class Registry(StorageBacked):
         longer exist or fail verification.
         """
         current = self.champion_version()
-        history: list[int] = []
-        rolled_away: set[int] = set()
-        for event in self.promotions():
-            kind, to = event.get("kind"), event.get("to_version")
-            if kind == "rolled_back" and event.get("from_version") is not None:
-                rolled_away.add(int(event["from_version"]))
-            if kind in ("promoted", "rolled_back") and to is not None:
-                if kind == "promoted":
-                    rolled_away.discard(int(to))
-                history.append(int(to))
-        seen: set[int] = set()
-        for version in reversed(history):
-            if version == current or version in rolled_away or version in seen:
+        for version in champion_history(self.promotions()):
+            if version == current:
                 continue
-            seen.add(version)
             try:
                 self.verify(version)
             except (CorruptVersion, KeyError):
