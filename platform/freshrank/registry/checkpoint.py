@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,10 +131,19 @@ def serving_fallbacks(registry: Registry) -> list[int]:
     return out
 
 
-def version_fingerprint(registry: Registry, version: int) -> tuple[tuple[str, int, float], ...]:
-    """What ``version``'s files look like now: (name, size, mtime) of each, ``()`` when the
-    version does not exist. A replica retries a version that failed once this changes."""
-    return tuple(
-        (entry.name, entry.size, entry.mtime or 0.0)
-        for entry in registry.storage.list(version_dir(version))
-    )
+def version_fingerprint(registry: Registry, version: int) -> tuple[tuple[Any, ...], ...]:
+    """What ``version``'s files look like now, without reading them: name, size and mtime of
+    each (locally also inode and ctime, so a same-size rewrite or a replacement by rename is
+    seen); ``()`` when the version does not exist. A replica retries a version that failed as
+    soon as this changes."""
+    entries = registry.storage.list(version_dir(version))
+    if not registry.is_local:
+        return tuple((e.name, e.size, e.mtime or 0.0) for e in entries)
+    out = []
+    for entry in entries:
+        try:
+            st = os.stat(entry.path)
+        except FileNotFoundError:
+            continue
+        out.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    return tuple(out)

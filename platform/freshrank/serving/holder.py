@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from freshrank.registry.checkpoint import ServingModel
@@ -237,11 +237,12 @@ class ModelHolder:
             return int(target[0]), str(target[1])
         return (None, None) if target is None else (int(target), "target")
 
-    def _candidates(self, wanted: int) -> list[int]:
-        """``wanted``, then the fallbacks (read at most every ``fallback_refresh_s``)."""
-        out = [wanted]
+    def _candidates(self, wanted: int) -> Iterator[int]:
+        """``wanted``, then (only if the caller goes on) the fallbacks, read at most every
+        ``fallback_refresh_s``."""
+        yield wanted
         if self._fallbacks is None or self.max_fallbacks == 0:
-            return out
+            return
         cached_for, at, chain = self._chain
         now = self._clock()
         if cached_for != wanted or now - at >= self.fallback_refresh_s:
@@ -250,12 +251,13 @@ class ModelHolder:
             except Exception as exc:  # the log unreadable: try what we knew
                 self.last_error = f"fallbacks: {type(exc).__name__}: {exc}"
             self._chain = (wanted, now, chain)
+        seen = {wanted}
         for version in chain:
-            if version not in out:
-                out.append(version)
-            if len(out) > self.max_fallbacks:
-                break
-        return out
+            if len(seen) > self.max_fallbacks:
+                return
+            if version not in seen:
+                seen.add(version)
+                yield version
 
     def _fingerprint_of(self, version: int) -> Hashable | None:
         if self._fingerprint is None:
