@@ -19,7 +19,7 @@ from freshrank.registry.checkpoint import (
     version_fingerprint,
 )
 from freshrank.registry.layout import MODEL_FILE, version_dir
-from freshrank.serving.app import health, model_status
+from freshrank.serving.app import check_serving, health, model_status
 from freshrank.serving.holder import ModelHolder
 from freshrank.serving.observe import ReplicaObserver
 
@@ -151,6 +151,20 @@ def test_nothing_that_loads_is_unhealthy_until_something_does():
     disk.mend(11)
     assert holder.refresh() is True and holder.current().served.version == 11
     assert holder.unserved_for() == 0.0 and health(holder).ok
+
+
+def test_serves_health_check_fails_only_after_the_grace():
+    clock = Clock()
+    disk = Disk(broken={12, 11, 10})
+    holder, _ = _holder(disk, clock=clock)
+    holder.refresh()
+    check_serving(holder, unhealthy_after_s=10)  # Serve's first check, right after __init__
+    clock.now += 10
+    with pytest.raises(RuntimeError, match="no model loaded for 10 s: no model: champion v12"):
+        check_serving(holder, unhealthy_after_s=10)
+    disk.mend(10)
+    holder.refresh()
+    check_serving(holder, unhealthy_after_s=10)
 
 
 def test_before_any_promotion_the_replica_is_healthy_without_a_model():

@@ -318,6 +318,16 @@ _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def check_serving(holder: "ModelHolder", unhealthy_after_s: float) -> None:
+    """Raise (Serve's ``check_health`` fails; after 3 failures in a row Serve replaces the
+    replica) once ``holder`` has had a version to serve and no model for ``unhealthy_after_s``.
+    Serve's first check, right after the constructor, passes: a replica starting while nothing
+    verifies is not a failed deployment."""
+    unserved = holder.unserved_for()
+    if unserved >= unhealthy_after_s:
+        raise RuntimeError(f"no model loaded for {unserved:.0f} s: {holder.status().reason}")
+
+
 def health(holder: "ModelHolder") -> Health:
     """``/healthz``'s answer: not ok while a version should be served and none is loaded."""
     loaded = holder.current()
@@ -373,7 +383,7 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
     )
     from freshrank.registry.store import Registry
     from freshrank.serving.gctune import tune_gc
-    from freshrank.serving.holder import Loaded
+    from freshrank.serving.holder import Loaded, ModelHolder
     from freshrank.serving.observe import ReplicaObserver
     from freshrank.serving.scoring import Search, responses_json, score_batch, warm_up
 
@@ -449,13 +459,8 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
             self._observer.serving(self._holder.status())
 
         def check_health(self) -> None:
-            """Serve's health check: fails once this replica has had a version to serve and
-            no model for ``unhealthy_after_s`` (Serve then replaces it)."""
-            unserved = self._holder.unserved_for()
-            if unserved >= unhealthy_after_s:
-                raise RuntimeError(
-                    f"no model loaded for {unserved:.0f} s: {self._holder.status().reason}"
-                )
+            """Serve's health check (see :func:`check_serving`)."""
+            check_serving(self._holder, unhealthy_after_s)
 
         def reconfigure(self, user_config: dict[str, Any]) -> None:
             # Short by design: the holder's thread does the loading.
