@@ -56,6 +56,21 @@ def _publish(reg: Registry, cursor: int, seed: int) -> int:
     return info.version
 
 
+HEALING: dict[str, Registry] = {}
+"""The registries of the ``/healing`` and ``/broken`` apps (set by the module's fixture)."""
+
+
+def _flip(reg: Registry, version: int) -> bytes:
+    """Flip 16 bytes of ``version``'s weights in place; returns the good bytes."""
+    path = reg.root / "versions" / f"v{version:06d}" / "model.pt"
+    good = path.read_bytes()
+    bad = bytearray(good)
+    bad[300:316] = bytes(b ^ 0xFF for b in bad[300:316])
+    path.write_bytes(bytes(bad))
+    (path.parent / "model.pt.good").write_bytes(good)
+    return good
+
+
 def _until(cond, timeout=60.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not cond():
@@ -72,6 +87,14 @@ def ranking(ray_local, tmp_path_factory):
 
     reg = Registry(tmp_path_factory.mktemp("registry"))
     empty = Registry(tmp_path_factory.mktemp("empty-registry"))
+    healing = Registry(tmp_path_factory.mktemp("healing-registry"))
+    broken = Registry(tmp_path_factory.mktemp("broken-registry"))
+    for r in (healing, broken):
+        for seed in (1, 2):
+            r.set_champion(_publish(r, seed, seed))
+    _flip(healing, 2)  # champion v2 corrupt, v1 still verifies
+    _flip(broken, 2)
+    _flip(broken, 1)  # nothing verifies
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -106,8 +129,24 @@ def ranking(ray_local, tmp_path_factory):
                     name="empty",
                     route_prefix="/empty",
                 ),
+                *(
+                    serve.RunTarget(
+                        build_ranking_app(
+                            RankingAppConfig(
+                                registry=str(r.root),
+                                num_replicas=1,
+                                unhealthy_after_s=3600,  # no replacement churn in this module
+                                **FAST,
+                            )
+                        ),
+                        name=name,
+                        route_prefix=f"/{name}",
+                    )
+                    for name, r in (("healing", healing), ("broken", broken))
+                ),
             ]
         )
+        HEALING.update(healing=healing, broken=broken)
         yield reg, f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -118,7 +157,42 @@ def test_no_model_yet_is_503_with_retry_after(ranking):
     _, url = ranking
     r = httpx.post(f"{url}/empty/rank", json=BODY, timeout=10)
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
-    assert httpx.get(f"{url}/empty/healthz", timeout=10).json()["model_version"] is None
+    assert r.json()["error"] == "no model has been promoted yet"
+    health = httpx.get(f"{url}/empty/healthz", timeout=10)
+    assert health.status_code == 200 and health.json()["model_version"] is None  # nothing to serve
+
+
+def test_a_corrupt_champion_is_served_around_then_healed_once_restored(ranking):
+    """Issue 17, fault 1, through Serve: the replica started on a registry whose champion v2
+    has 16 bytes flipped serves v1 and says so; restoring the file brings v2 within a poll."""
+    _, url = ranking
+    with httpx.Client(base_url=f"{url}/healing", timeout=10) as http:
+        status = http.get("/model").json()
+        assert status["model_version"] == 1 and status["target_version"] == 2
+        assert status["fallback"] is True
+        assert "champion v2 failed to load (CorruptVersion" in status["serving_reason"]
+        assert [f["version"] for f in status["failed_versions"]] == [2]
+        r = http.post("/rank", json=BODY)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+        health = http.get("/healthz")
+        assert health.status_code == 200 and health.json()["fallback"] is True
+        model = HEALING["healing"].root / "versions" / "v000002" / "model.pt"
+        model.write_bytes((model.parent / "model.pt.good").read_bytes())
+        _until(lambda: http.get("/model").json()["model_version"] == 2, what="v2 served")
+        status = http.get("/model").json()
+        assert status["serving_reason"] == "champion" and status["fallback"] is False
+        assert http.post("/rank", json=BODY).headers["x-model-version"] == "2"
+
+
+def test_a_replica_with_nothing_that_verifies_is_not_healthy(ranking):
+    _, url = ranking
+    with httpx.Client(base_url=f"{url}/broken", timeout=10) as http:
+        health = http.get("/healthz")
+        assert health.status_code == 503 and health.headers["retry-after"] == "1"
+        assert health.json()["ok"] is False and health.json()["model_version"] is None
+        r = http.post("/rank", json=BODY)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"].startswith("no model loaded: no model: champion v2 failed")
 
 
 def test_ranks_and_names_the_version(ranking):
@@ -225,7 +299,8 @@ def test_openapi_docs(ranking):
     schema = httpx.get(f"{url}/openapi.json", timeout=10).json()
     assert {"/rank", "/model", "/healthz"} <= set(schema["paths"])
     rank = schema["paths"]["/rank"]["post"]
-    assert {"200", "413", "422", "503"} <= set(rank["responses"])
+    assert {"200", "400", "413", "422", "503"} <= set(rank["responses"])
+    assert "503" in schema["paths"]["/healthz"]["get"]["responses"]
     assert "RankRequest" in str(rank["requestBody"])
 
 

@@ -60,6 +60,12 @@ def test_scores_do_not_depend_on_candidate_order():
         (_request(1, candidates=[{"item_id": ""}]), "item_id"),
         (_request(1, candidates=[{"item_id": "a", "colour": "red"}]), "colour"),
         (_request(1, user_id="u" * 500), "user_id"),
+        # strict types: no coercion (issue 17, fault 9)
+        (_request(1, candidates=[{"item_id": "a", "price": True}]), "price"),
+        (_request(1, candidates=[{"item_id": "a", "price": "5"}]), "price"),
+        (_request(1, candidates=[{"item_id": 5}]), "item_id"),
+        (_request(1, user_id=7), "user_id"),
+        (_request(1, device=True), "device"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(body, where):

@@ -5,6 +5,7 @@ arguments. The wrapper running under a real Ray: tests/integration/test_serving_
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -73,10 +74,37 @@ def test_a_public_serve_host_stays_public(tmp_path):
 def test_haproxy_accepts_the_rewritten_config(tmp_path):
     binary = haproxy_loopback.real_binary()
     cfg = tmp_path / "fixed.cfg"
-    cfg.write_text(rewrite_config(_ray_config(tmp_path)))
+    unavailable = haproxy_loopback.write_unavailable_file(str(tmp_path))
+    cfg.write_text(rewrite_config(_ray_config(tmp_path), unavailable_file=unavailable))
     check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert "Configuration file is valid" in check.stdout
+
+
+def test_a_replica_lost_mid_request_is_a_json_503_with_retry_after(tmp_path):
+    """Issue 17, fault 10: Ray's defaults map HAProxy's own 502 (a replica died mid-request)
+    and 503 (no replica) to a plain-text 500; the rewrite points them at a JSON 503."""
+    text = _ray_config(tmp_path)
+    ray_file = re.findall(r"^\s*errorfile 502 (\S+)$", text, re.M)
+    assert ray_file and "500 Internal Server Error" in Path(ray_file[0]).read_text()
+    unavailable = haproxy_loopback.write_unavailable_file(str(tmp_path), retry_after_s=2)
+    fixed = rewrite_config(text, unavailable_file=unavailable)
+    errorfiles = dict(
+        line.split()[1:3] for line in fixed.splitlines() if line.strip().startswith("errorfile")
+    )
+    assert errorfiles == {"502": unavailable, "503": unavailable, "504": ray_file[0]}
+    raw = Path(unavailable).read_bytes()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 503 Service Unavailable"
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert headers["Content-Type"] == "application/json" and headers["Retry-After"] == "2"
+    assert int(headers["Content-Length"]) == len(body)
+    assert "retry" in json.loads(body)["error"]
+    # nothing else changed
+    assert [ln for ln in fixed.splitlines() if "errorfile" not in ln] == [
+        ln for ln in rewrite_config(text).splitlines() if "errorfile" not in ln
+    ]
 
 
 def test_other_hosts_and_line_endings():
@@ -112,6 +140,9 @@ def test_the_wrapper_rewrites_in_place_then_becomes_the_binary(tmp_path):
     assert lines[0] == f"pid={proc.pid}"  # exec, not a child
     assert lines[1:] == [f"arg={a}" for a in ("-db", "-f", str(cfg), "-dR", "-sf", "123")]
     assert WILDCARD_BIND.search(cfg.read_text()) is None
+    unavailable = tmp_path / haproxy_loopback.UNAVAILABLE_FILE
+    assert f"errorfile 502 {unavailable}" in cfg.read_text()
+    assert unavailable.read_bytes() == haproxy_loopback.unavailable_response(1)
 
 
 def test_the_wrapper_never_runs_itself(monkeypatch, tmp_path):

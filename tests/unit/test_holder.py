@@ -32,7 +32,7 @@ def test_follows_target_and_swaps_one_reference():
     assert holder.current().served.version == 2 and holder.swaps == 2
 
 
-def test_failed_load_keeps_old_model_and_is_not_retried():
+def test_failed_load_keeps_old_model_and_is_not_retried_within_its_back_off():
     calls = []
 
     def loader(v):

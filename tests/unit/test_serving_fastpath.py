@@ -87,9 +87,16 @@ def test_valid_json_is_answered_without_the_route(app_and_server):
         ('{"user_id": "u", "candidates": [{"item_id": "a", "price": NaN}]}', None),
         (json.dumps(BODY), {"content-type": "text/plain"}),
         (json.dumps(BODY), {"content-type": "application/vnd.api+json"}),
-        # pydantic's lax mode takes a numeric string for a price, the fast decoder does not:
-        # the route answers it (200, the same ranking)
+        # strict types on both paths (issue 17, fault 9): no coercion, 422 naming the field
         (json.dumps({"user_id": "u", "candidates": [{"item_id": "a", "price": "9.5"}]}), None),
+        (json.dumps({"user_id": "u", "candidates": [{"item_id": "a", "price": True}]}), None),
+        (json.dumps({"user_id": 7, "candidates": [{"item_id": "a"}]}), None),
+        (json.dumps({"user_id": "u", "candidates": [{"item_id": 7}]}), None),
+        (json.dumps({"user_id": "u", "candidates": [{"item_id": "a", "brand": 3}]}), None),
+        (json.dumps({"user_id": "u", "query": 5, "candidates": [{"item_id": "a"}]}), None),
+        (json.dumps({"user_id": "u", "device": False, "candidates": [{"item_id": "a"}]}), None),
+        # not UTF-8: FastAPI cannot parse it at all (the documented 400)
+        (b'{"user_id": "\xff", "candidates": [{"item_id": "a"}]}', None),
     ],
 )
 def test_answers_equal_fastapis_own(app_and_server, content, headers):
@@ -97,18 +104,23 @@ def test_answers_equal_fastapis_own(app_and_server, content, headers):
     gets the same status and body; invalid ones are counted once, as client errors."""
     app, server, route_calls = app_and_server
     headers = headers or {"content-type": "application/json"}
+    body = content if isinstance(content, bytes) else content.encode()
     with TestClient(app) as client:
-        fast = client.post("/rank", content=content.encode(), headers=headers)
+        fast = client.post("/rank", content=body, headers=headers)
         fast_counts = list(server.counts)
         app.state.server = None
-        slow = client.post("/rank", content=content.encode(), headers=headers)
+        slow = client.post("/rank", content=body, headers=headers)
         app.state.server = server
     assert fast.status_code == slow.status_code
     assert fast.content == slow.content
-    if '"9.5"' in content:
-        assert fast.status_code == 200 and len(route_calls) == 2  # FastAPI answered both
     if fast.status_code == 422:
         assert fast_counts == ["client_error"] and server.answered == []
+    wrong_type = {"9.5": "price", "true": "price", '"user_id": 7': "user_id"}
+    for needle, field in wrong_type.items():
+        if needle in body.decode("utf-8", "replace"):
+            assert fast.status_code == 422 and field in fast.text, (needle, fast.text)
+    if b"\xff" in body:
+        assert fast.status_code == 400 and route_calls == []
 
 
 def test_other_requests_go_to_fastapi(app_and_server):
@@ -255,3 +267,31 @@ def test_requests_that_arrive_together_are_not_alone(app_and_server):
 
     assert asyncio.run(together()) == [200, 200, 200]
     assert server.alone == [False, False, False]
+
+
+def test_openapi_documents_every_error_answer_of_rank():
+    """The 400 FastAPI gives a body it cannot parse, and the bodies of 413/422/503, are in
+    /openapi.json with their schemas (the route is declared with these responses)."""
+    from freshrank.serving.app import _RANK_RESPONSES
+
+    app = _create_app()
+
+    @app.post("/rank", response_model=RankResponse, responses=_RANK_RESPONSES)
+    async def rank(request: RankRequest) -> Response:
+        raise AssertionError("not called")
+
+    with TestClient(app) as client:
+        schema = client.get("/openapi.json").json()
+        bad = client.post(
+            "/rank", content=b'{"user_id": "\xff"}', headers={"content-type": "application/json"}
+        )
+    responses = schema["paths"]["/rank"]["post"]["responses"]
+    assert {"200", "400", "413", "422", "503"} <= set(responses)
+    ref = responses["422"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref.endswith("/InvalidRequest")
+    assert set(schema["components"]["schemas"]["InvalidRequest"]["properties"]) == {
+        "error",
+        "problems",
+    }
+    assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ParseError")
+    assert bad.status_code == 400 and set(bad.json()) == {"detail"}  # what the schema says

@@ -60,6 +60,14 @@ BODIES = [
     ("negative price", json.dumps(_with(("candidates", 0, "price"), -0.01))),
     ("price as string", json.dumps(_with(("candidates", 0, "price"), "9.5"))),
     ("price as bool", json.dumps(_with(("candidates", 0, "price"), True))),
+    ("price as int string", json.dumps(_with(("candidates", 0, "price"), "5"))),
+    ("price false", json.dumps(_with(("candidates", 0, "price"), False))),
+    ("price object", json.dumps(_with(("candidates", 0, "price"), {"v": 1}))),
+    ("brand int", json.dumps(_with(("candidates", 0, "brand"), 3))),
+    ("category bool", json.dumps(_with(("candidates", 0, "category"), True))),
+    ("query int", json.dumps(_with(("query",), 5))),
+    ("device bool", json.dumps(_with(("device",), False))),
+    ("user id float", json.dumps(_with(("user_id",), 1.5))),
     ("item id at the limit", json.dumps(_with(("candidates", 1, "item_id"), LONG_ID))),
     ("item id over the limit", json.dumps(_with(("candidates", 1, "item_id"), LONG_ID + "x"))),
     ("multibyte id at the limit", json.dumps(_with(("user_id",), "é" * MAX_ID_LENGTH))),
@@ -124,9 +132,8 @@ def test_decoder_accepts_only_what_the_schema_accepts_with_the_same_values(name,
             for col in ("item_id", "category", "brand", "price")
             for a, b in zip(getattr(fast, col), getattr(slow, col), strict=True)
         )
-    # What the fast path refuses goes to FastAPI (pydantic answers); it refuses little else.
-    stricter_on_purpose = {"price as string", "price as bool"}  # msgspec: no lax coercion
-    if slow is not None and name not in stricter_on_purpose:
+    # And the other way round: both are strict (issue 17, fault 9), so they accept the same.
+    if slow is not None:
         assert fast is not None, name
 
 
@@ -145,8 +152,24 @@ def test_the_edges_fall_where_the_limits_say():
         "no candidates",
         "unknown field",
         "empty item id",
+        # wrong JSON types are refused, never coerced (issue 17, fault 9)
+        "price as string",
+        "price as int string",
+        "price as bool",
+        "price false",
+        "price object",
+        "brand int",
+        "category bool",
+        "query int",
+        "device bool",
+        "user id int",
+        "user id float",
+        "item id int",
     }
     assert not refused & accepted
+    for name, raw in BODIES:
+        if name in refused:
+            assert _pydantic(raw.encode("utf-8", "surrogatepass")) is None, name
 
 
 @pytest.mark.parametrize("seed", range(5))

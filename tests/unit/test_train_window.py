@@ -121,3 +121,55 @@ def test_a_rank_without_rows_still_steps_through_the_window(trainer, monkeypatch
     report = train._train_window(plan, w, None)
     assert report.rows == 0 and report.metrics["eval_auc"] is None
     assert report.metrics["loss"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "champion_file, warning",
+    [
+        (b"\x00garbage\xff", "treated as no CHAMPION"),  # garbled: reads as no champion
+        (b'{"version": 99, "promoted_at": 1.0}', "dangling pointer"),  # names no version
+    ],
+)
+def test_an_unreadable_champion_does_not_stop_the_worker_loop(
+    trainer, capsys, caplog, monkeypatch, champion_file, warning
+):
+    """Issue 17, fault 7: the worker loop reads CHAMPION every window; a garbled or dangling
+    one is "no champion readable" (a warning and a count), the gate promotes the challenger as
+    it would with no champion, and that promotion replaces the bad pointer."""
+    from prometheus_client import CollectorRegistry
+
+    import freshrank.registry.records as records
+    from freshrank.core.telemetry import Telemetry
+
+    prom = CollectorRegistry()
+    metrics = Telemetry.for_prometheus_client(prom)
+    monkeypatch.setattr(records, "default_telemetry", lambda: metrics)
+    landing, registry, w, policy, gate = trainer
+    feed = ShardFeed(landing, max_shards=1)
+    progress = WindowProgress.from_state(None)
+    pending = None
+    for index in range(3):
+        window = feed.poll()
+        if index == 2:
+            (registry.root / "CHAMPION").write_bytes(champion_file)
+        plan = train._Plan(window, pending, registry.champion_version())  # as the loop reads it
+        judge = functools.partial(gate.judge, plan.challenger, plan.champion)
+        report = train._train_window(plan, w, judge if plan.challenger is not None else None)
+        info = checkpoint_window(
+            registry,
+            window,
+            report,
+            w.core,
+            w.optimizer,
+            [train._numpy_state(w.strategy.state_dict())],
+            w.drift,
+            progress,
+        )
+        feed.commit(window)
+        pending = policy.after_checkpoint(info)
+    assert warning in caplog.text + capsys.readouterr().out
+    counted = prom.get_sample_value("freshrank_registry_unreadable_total", {"record": "champion"})
+    assert counted is not None and counted >= 1
+    # v2 was judged against "no champion" on the third window and promoted: the pointer heals.
+    assert registry.read_pointer("CHAMPION") == 2
+    assert registry.promotions()[-1]["kind"] == "promoted"

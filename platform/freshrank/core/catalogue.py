@@ -60,6 +60,9 @@ DRIFT_STATISTICS: tuple[str, ...] = (
 )
 """Values of the `statistic` tag of `freshrank_drift_alarm` (`drift.Statistic`)."""
 
+UNREADABLE_RECORDS: tuple[str, ...] = ("champion", "pinned", "promotion_log")
+"""Values of the `record` tag of `freshrank_registry_unreadable_total`."""
+
 DRIFT_SOURCES: tuple[str, ...] = ("trainer", "serving")
 """Values of the `source` tag of `freshrank_score_psi` (`drift.DriftSource`)."""
 
@@ -379,6 +382,14 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "outcome",
         outcome=PROMOTION_OUTCOMES,
     ),
+    _counter(
+        "freshrank_registry_unreadable_total",
+        "Reads of a registry record that could not be parsed and were skipped: a garbled "
+        "CHAMPION or PINNED (read as none), promotion log lines that are not JSON events.",
+        "reads",
+        "record",
+        record=UNREADABLE_RECORDS,
+    ),
     # --- serving -------------------------------------------------------------------------
     _gauge(
         "freshrank_served_model_version",
@@ -402,6 +413,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "freshrank_model_load_failures_total",
         "Model loads that failed in a serving replica (the old model kept serving).",
         "loads",
+        "replica",
+    ),
+    _gauge(
+        "freshrank_serving_fallback",
+        "1 while a serving replica answers with another version than the one it should serve "
+        "(champion or pin) because that one failed to load or verify; 0 otherwise.",
+        "1",
         "replica",
     ),
     _counter(

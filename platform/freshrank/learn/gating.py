@@ -18,13 +18,21 @@ from freshrank.model.ranker import Ranker
 from freshrank.registry.checkpoint import load_serving_model
 from freshrank.registry.control import FencedOut, TrainerControl
 from freshrank.registry.promotion import PromotionPolicy
-from freshrank.registry.store import CorruptVersion, Registry
+from freshrank.registry.records import count_unreadable
+from freshrank.registry.store import Registry
 
 __all__ = ["ChampionScorer", "GateJudge", "say"]
 
 
 class ChampionScorer:
-    """Each rank's copy of the champion, for the gate: reloaded when the champion changes."""
+    """Each rank's copy of the champion, for the gate: reloaded when the champion changes.
+
+    A champion that cannot be loaded (``CHAMPION`` dangling, the version corrupt or unreadable)
+    is never an exception out of the worker loop: :meth:`logits` returns why, with a warning in
+    the trainer's log and ``freshrank_registry_unreadable_total{record="champion"}``, and the
+    gate judges the challenger as if there were no champion. (A garbled ``CHAMPION`` file reads
+    as no champion already: ``Registry.champion_version``.)
+    """
 
     def __init__(self, registry: Registry, device: torch.device) -> None:
         self.registry = registry
@@ -32,6 +40,7 @@ class ChampionScorer:
         self.version: int | None = None
         self.model: Ranker | None = None
         self._offered: tuple[int, Ranker] | None = None
+        self._warned: str | None = None
 
     def offer(self, version: int, model: Ranker) -> None:
         """Keep a copy of ``model``, whose weights are ``version``'s: if the gate promotes it,
@@ -48,11 +57,25 @@ class ChampionScorer:
         if self.version != version:
             try:
                 served = load_serving_model(self.registry, version)
-            except (CorruptVersion, KeyError, FileNotFoundError) as exc:
-                return f"champion v{version} cannot be loaded ({type(exc).__name__}: {exc})"
+            except Exception as exc:  # dangling, corrupt, unreadable: judged as no champion
+                return self._unloadable(version, exc)
             self.model, self.version = served.model.to(self.device), version
         assert self.model is not None
         return score_rows(self.model, rows, self.device, use_position=True)
+
+    def _unloadable(self, version: int, exc: Exception) -> str:
+        """Why the champion cannot be scored; warned (once per version and error) and counted
+        as an unreadable champion, the way the replicas report it. Never raises: the window
+        goes on, judged as if there were no champion (the next promotion replaces it)."""
+        if isinstance(exc, KeyError):
+            why = f"CHAMPION names v{version}, which does not exist (dangling pointer)"
+        else:
+            why = f"champion v{version} cannot be loaded ({type(exc).__name__}: {exc})"
+        if self._warned != why:
+            self._warned = why
+            say(f"warning: {why}; judged as no champion readable")
+        count_unreadable("champion")
+        return why
 
 
 class GateJudge:

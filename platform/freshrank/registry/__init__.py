@@ -31,6 +31,7 @@ from freshrank.registry.store import (
     CorruptVersion,
     NoRollbackTarget,
     Registry,
+    UnreadablePointer,
     VersionInfo,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "Registry",
     "ServingModel",
     "TrainingState",
+    "UnreadablePointer",
     "VersionInfo",
     "evaluate_gate",
     "load_latest_or_init",

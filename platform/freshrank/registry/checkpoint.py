@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,14 @@ import torch
 from freshrank.core.serialization import npz_bytes
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
-from freshrank.registry.layout import DRIFT_FILE, MODEL_FILE, OPTIMIZER_FILE, REPLAY_FILE
+from freshrank.registry.layout import (
+    DRIFT_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    REPLAY_FILE,
+    version_dir,
+)
+from freshrank.registry.promotion_log import champion_history
 from freshrank.registry.store import Registry, VersionInfo, torch_bytes
 
 
@@ -106,3 +114,36 @@ def load_serving_model(registry: Registry, version: int) -> ServingModel:
     model.load_state_dict(registry.load_torch(info, MODEL_FILE))
     model.eval()
     return ServingModel(version, model, info.manifest.get("watermark"), info.manifest)
+
+
+def serving_fallbacks(registry: Registry) -> list[int]:
+    """The versions a replica falls back to when it cannot serve its target, in order: the
+    champion, then every earlier champion newest first (versions rolled back from left out).
+    Versions that were never champion (rejected by the gate, or not judged yet) are not
+    among them. Not verified here: the replica's loader verifies each before serving it."""
+    out: list[int] = []
+    champion = registry.champion_version()
+    if champion is not None:
+        out.append(champion)
+    for version in champion_history(registry.promotions()):
+        if version not in out:
+            out.append(version)
+    return out
+
+
+def version_fingerprint(registry: Registry, version: int) -> tuple[tuple[Any, ...], ...]:
+    """What ``version``'s files look like now, without reading them: name, size and mtime of
+    each (locally also inode and ctime, so a same-size rewrite or a replacement by rename is
+    seen); ``()`` when the version does not exist. A replica retries a version that failed as
+    soon as this changes."""
+    entries = registry.storage.list(version_dir(version))
+    if not registry.is_local:
+        return tuple((e.name, e.size, e.mtime or 0.0) for e in entries)
+    out = []
+    for entry in entries:
+        try:
+            st = os.stat(entry.path)
+        except FileNotFoundError:
+            continue
+        out.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    return tuple(out)

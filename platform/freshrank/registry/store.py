@@ -30,13 +30,12 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,13 +51,14 @@ from freshrank.registry.layout import (
     MANIFEST,
     MANIFEST_DIGEST,
     PINNED,
-    PROMOTIONS_DIR,
-    PROMOTIONS_LOG,
     TRAINER,
     VERSIONS_DIR,
     version_dir,
 )
+from freshrank.registry.promotion_log import PromotionLog, champion_history
+from freshrank.registry.records import UnreadablePointer, count_unreadable, parse_pointer
 
+_log = logging.getLogger(__name__)
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
 _RESERVED_NAMES = frozenset({MANIFEST, MANIFEST_DIGEST})
 _STALE_TMP_S = 3600.0
@@ -125,7 +125,14 @@ class Registry(StorageBacked):
     def __init__(self, root: str | os.PathLike, options: StorageOptions | None = None) -> None:
         super().__init__(root, options)
         self._lock_state = threading.local()
-        self._event_cache: dict[str, dict[str, Any]] = {}
+        self._events = PromotionLog(self._storage, self._locked)
+        self.pointer_problems: dict[str, str] = {}
+        """Pointer files (``CHAMPION``, ``PINNED``) last found unreadable, and why."""
+
+    @property
+    def skipped_log_lines(self) -> int:
+        """Lines of the promotion log the last :meth:`promotions` skipped (not JSON events)."""
+        return self._events.skipped
 
     @property
     def versions_dir(self) -> Path:
@@ -234,21 +241,9 @@ class Registry(StorageBacked):
         longer exist or fail verification.
         """
         current = self.champion_version()
-        history: list[int] = []
-        rolled_away: set[int] = set()
-        for event in self.promotions():
-            kind, to = event.get("kind"), event.get("to_version")
-            if kind == "rolled_back" and event.get("from_version") is not None:
-                rolled_away.add(int(event["from_version"]))
-            if kind in ("promoted", "rolled_back") and to is not None:
-                if kind == "promoted":
-                    rolled_away.discard(int(to))
-                history.append(int(to))
-        seen: set[int] = set()
-        for version in reversed(history):
-            if version == current or version in rolled_away or version in seen:
+        for version in champion_history(self.promotions()):
+            if version == current:
                 continue
-            seen.add(version)
             try:
                 self.verify(version)
             except (CorruptVersion, KeyError):
@@ -315,21 +310,17 @@ class Registry(StorageBacked):
         """Log one event: ``at`` (unix time), ``kind`` and ``fields`` (by convention
         ``from_version``, ``to_version``, ``reason``).
 
-        Locally one line appended to ``promotions.jsonl``; on an object store, which cannot
-        append, one object ``promotions/<unix ns>-<random>.json`` (never overwritten: the name
-        is unique).
+        Locally one line appended to ``promotions.jsonl`` with one write under the registry's
+        lock, after cutting off the torn tail of an earlier append that failed half way
+        (`freshrank.registry.promotion_log`); a failed append raises ``OSError`` and leaves the
+        log readable. On an object store, which cannot append, one object
+        ``promotions/<unix ns>-<random>.json`` (never overwritten: the name is unique).
         """
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown promotion log kind {kind!r}; known: {EVENT_KINDS}")
         now_ns = time.time_ns()
         line = json.dumps({"at": now_ns / 1e9, "kind": kind, **fields}, sort_keys=True)
-        if self.is_local:
-            os.makedirs(self._storage.root, exist_ok=True)
-            with open(self._storage.path(PROMOTIONS_LOG), "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-            return
-        name = f"{PROMOTIONS_DIR}/{now_ns:020d}-{uuid.uuid4().hex[:12]}.json"
-        self._storage.write_atomic(name, line.encode())
+        self._events.append(now_ns, line)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -389,21 +380,53 @@ class Registry(StorageBacked):
         return versions[-1] if versions else None
 
     def champion_version(self) -> int | None:
-        """The version the champion pointer names, or None before the first promotion."""
-        return self._read_pointer(CHAMPION)
+        """The version the champion pointer names, or None before the first promotion.
+
+        A ``CHAMPION`` that cannot be read as a pointer (garbage, a torn object, an I/O error)
+        counts as no champion readable: None, with a warning, the problem in
+        :attr:`pointer_problems` and ``freshrank_registry_unreadable_total{record="champion"}``.
+        Whoever writes the next champion replaces it. ``read_pointer`` raises instead.
+        """
+        return self._tolerant_pointer(CHAMPION)
 
     def champion_record(self) -> dict[str, Any] | None:
         """The champion pointer as :meth:`set_champion` wrote it (``version``, ``promoted_at``,
         ``reason``), or None before the first promotion."""
         try:
-            record = json.loads(self._storage.read(CHAMPION))
-        except FileNotFoundError:
-            return None
-        return record if isinstance(record, dict) else None
+            raw = self._storage.read(CHAMPION)
+            parse_pointer(CHAMPION, raw)
+        except (OSError, UnreadablePointer):
+            return None  # missing, or unreadable (champion_version() says why)
+        return json.loads(raw)
 
     def pinned_version(self) -> int | None:
-        """The version pinned with :meth:`pin`, or None."""
-        return self._read_pointer(PINNED)
+        """The version pinned with :meth:`pin`, or None (also for an unreadable ``PINNED``,
+        with a warning and a count, as :meth:`champion_version`)."""
+        return self._tolerant_pointer(PINNED)
+
+    def read_pointer(self, name: str) -> int | None:
+        """The version the pointer file ``name`` (``CHAMPION``, ``PINNED``) names, or None when
+        it does not exist; ``UnreadablePointer`` when it exists but is not a pointer record."""
+        try:
+            raw = self._storage.read(name)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise UnreadablePointer(f"{self.uri}/{name} cannot be read: {exc}") from exc
+        return parse_pointer(f"{self.uri}/{name}", raw)
+
+    def _tolerant_pointer(self, name: str) -> int | None:
+        try:
+            version = self.read_pointer(name)
+        except UnreadablePointer as exc:
+            problem = str(exc)
+            if self.pointer_problems.get(name) != problem:
+                _log.warning("%s; treated as no %s", problem, name)
+            self.pointer_problems[name] = problem
+            count_unreadable(name.lower())
+            return None
+        self.pointer_problems.pop(name, None)
+        return version
 
     def serving_target(self) -> int | None:
         """What serving replicas should serve: the pinned version if any, else the champion."""
@@ -424,30 +447,11 @@ class Registry(StorageBacked):
         Reads ``promotions.jsonl`` (local registries; a line still being appended is left for
         the next call) and the one-object-per-event ``promotions/`` of object stores, merged by
         time. Event objects are immutable, so each is fetched once per ``Registry`` object.
+        A line or object that is not a JSON event is skipped (counted in
+        :attr:`skipped_log_lines`, ``freshrank_registry_unreadable_total{record="promotion_log"}``
+        and logged), never raised: the other events are still read.
         """
-        events: list[dict[str, Any]] = []
-        try:
-            text = self._storage.read(PROMOTIONS_LOG).decode("utf-8")
-        except FileNotFoundError:
-            text = ""
-        for line in text.split("\n")[:-1]:  # the part after the last newline is incomplete
-            if line.strip():
-                events.append(json.loads(line))
-        names = [
-            f"{PROMOTIONS_DIR}/{e.name}"
-            for e in self._storage.list(PROMOTIONS_DIR)
-            if not e.is_dir and e.name.endswith(".json")
-        ]
-        if not names:
-            return events
-        missing = [n for n in names if n not in self._event_cache]
-        if missing:
-            with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
-                for name, data in zip(missing, pool.map(self._read_or_none, missing), strict=True):
-                    if data is not None:
-                        self._event_cache[name] = json.loads(data)
-        events += [self._event_cache[n] for n in names if n in self._event_cache]
-        return sorted(events, key=lambda e: float(e.get("at") or 0.0))  # stable: ties keep order
+        return self._events.read()
 
     def verify(self, version: int, required: Iterable[str] = ()) -> VersionInfo:
         """Check ``version`` against its manifest and the manifest against its own checksum.
@@ -518,18 +522,6 @@ class Registry(StorageBacked):
     def _version_path(self, version: int) -> Path | str:
         name = self._version_name(version)
         return self._local_root / name if self._local_root is not None else f"{self.uri}/{name}"
-
-    def _read_pointer(self, name: str) -> int | None:
-        try:
-            return int(json.loads(self._storage.read(name))["version"])
-        except FileNotFoundError:
-            return None
-
-    def _read_or_none(self, name: str) -> bytes | None:
-        try:
-            return self._storage.read(name)
-        except FileNotFoundError:
-            return None
 
     def _checked_bytes(self, info: VersionInfo, name: str) -> bytes:
         files = info.manifest.get("files")

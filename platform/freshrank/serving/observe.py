@@ -8,7 +8,8 @@ and by the request path (``scored`` once per scored batch). It needs no Ray: ``m
 Exported (``core/catalogue.py`` has the catalogue):
 
 * ``freshrank_served_model_version{replica}``, ``freshrank_model_swaps_total{replica}``,
-  ``freshrank_model_load_failures_total{replica}``;
+  ``freshrank_model_load_failures_total{replica}``, ``freshrank_serving_fallback{replica}`` (1
+  while the replica serves another version than its champion or pin, see ``serving``);
 * ``freshrank_freshness_seconds{replica}``: now minus the served version's ``watermark``, set on
   every tick of the holder (every ``poll_interval_s``);
 * ``freshrank_stage_latency_seconds{stage="promoted_to_live"}``: when the replica starts serving
@@ -49,7 +50,7 @@ from freshrank.drift import DriftMonitor, DriftSource, FeatureDrift
 from freshrank.drift.sketches import NumericHistogram
 from freshrank.registry.checkpoint import DRIFT_FILE, ServingModel
 from freshrank.registry.store import Registry
-from freshrank.serving.holder import Loaded
+from freshrank.serving.holder import Loaded, ServingStatus
 
 _log = logging.getLogger(__name__)
 
@@ -207,6 +208,16 @@ class ReplicaObserver:
             self._metrics.set("freshrank_freshness_seconds", freshness, tags=self._tags)
         if self._check_due():
             self.check_scores()
+
+    def serving(self, status: ServingStatus) -> None:
+        """Poll hook: ``freshrank_serving_fallback`` is 1 while the replica serves another
+        version than the one it should (or none), 0 otherwise. Never raises."""
+        try:
+            self._metrics.set(
+                "freshrank_serving_fallback", 1.0 if status.fallback else 0.0, tags=self._tags
+            )
+        except Exception:
+            _log.exception("reporting the serving status failed")
 
     # ----- request path ------------------------------------------------------------------------
     def scored(self, version: int, scores: np.ndarray) -> None:

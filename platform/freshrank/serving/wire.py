@@ -7,10 +7,10 @@ pydantic models is, however, the largest single cost of a ranking request (0.10 
 instead: :func:`decode_search` validates the same constraints (lengths, ``price >= 0`` and
 finite, unknown fields refused) into untracked structs in ~0.02 ms and returns the encoder's
 columns (``features.encode.SearchCandidates``). Anything it refuses goes on to FastAPI, so a
-client sees exactly the documented answers; msgspec is stricter than pydantic's lax JSON mode
-(no ``"1.5"`` for a price, for example), and such bodies are answered by the FastAPI route as
-before. ``tests/unit/test_serving_wire.py`` checks that every body msgspec accepts is accepted by
-``RankRequest`` with the same values.
+client sees exactly the documented answers. Both are strict about JSON types (no ``"1.5"`` or
+``true`` for a price, no number for an id), so they accept the same bodies:
+``tests/unit/test_serving_wire.py`` checks that every body one accepts the other accepts, with
+the same values.
 
 :func:`encode_ranking` writes the answer with ``orjson``: byte for byte
 ``RankResponse(...).model_dump_json()`` (same field order, same float text, non-finite as
