@@ -84,8 +84,8 @@ def test_story_lines_and_counts_follow_the_registry_and_landing_zone(loop):
     assert len(lines) == 5, text
     assert "[   2.5 s] v1 trained: window 1, 1,001 events, AUC 0.610, GAUC 0.550" in lines[0]
     assert (
-        "v2 trained: window 2, 1,002 events, AUC 0.620, GAUC 0.550, 4 rows dropped (missing field), 3 duplicate rows"
-        in text
+        "v2 trained: window 2, 1,002 events, AUC 0.620, GAUC 0.550, "
+        "4 rows dropped (missing field), 3 duplicate rows" in text
     )
     assert "gate: v1 promoted (first version)" in text
     assert "gate: v2 rejected, v1 stays champion (auc 0.70 -> 0.60: worse)" in text
