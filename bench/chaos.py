@@ -74,8 +74,10 @@ class ChaosConfig:
     heal_window_s: float = 3.0
     fault_timeout_s: float = 90.0
     """A fault that has not healed by then is reported as not healed."""
-    registry_tmpfs_mb: int = 1024
+    registry_tmpfs_mb: int = 1536
     """Size of the registry's tmpfs (0: a plain directory; disk faults are then skipped)."""
+    keep_versions: int = 20
+    """The trainer's retention (a version is ~44 MB: weights, optimizer, replay)."""
     max_seconds: float = 1800.0
     """Bound on the whole run (the pinger stops then at the latest)."""
 
@@ -255,6 +257,8 @@ class Stack:
             str(self.registry),
             "--num-workers",
             str(self.config.num_workers),
+            "--keep-versions",
+            str(self.config.keep_versions),
         ]
         log = open(self.logs / f"trainer-{self.trainer_restarts}.log", "wb")  # noqa: SIM115
         self.trainer = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
@@ -821,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-rate", type=float, default=20.0)
     parser.add_argument("--markdown", default=None, help="write the table to this file")
     parser.add_argument("--json", default=None, help="write the report as JSON to this file")
-    parser.add_argument("--registry-tmpfs-mb", type=int, default=1024)
+    parser.add_argument("--registry-tmpfs-mb", type=int, default=1536)
     parser.add_argument("--fault-timeout-s", type=float, default=90.0)
     parser.add_argument("--title", default="chaos run")
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 import torch
+from _schemathesis import run_schemathesis
 
 from freshrank.features.encode import FeatureConfig
 from freshrank.model.config import RankerConfig
@@ -355,3 +356,18 @@ def test_overload_is_503_with_retry_after_not_a_hang(overload_url, burst):
     assert {ra for c, ra, _ in results if c == 503} == {"2"}
     rejected = [dt for c, _, dt in results if c == 503]
     assert max(rejected) < 30  # refused, not queued until the client gives up
+
+
+def test_schemathesis_finds_nothing_through_serves_proxy(ranking, tmp_path):
+    """Issue 17: schemathesis (``--checks all``, positive and negative data) against the live
+    app's own OpenAPI document, through Serve's Python proxy."""
+    reg, url = ranking
+    if reg.champion_version() is None:
+        reg.set_champion(_publish(reg, cursor=1, seed=3))
+    champion = reg.champion_version()
+    _until(
+        lambda: httpx.get(f"{url}/model", timeout=10).json().get("model_version") == champion,
+        what=f"v{champion} served",
+    )
+    counts = run_schemathesis(url, tmp_path)
+    assert counts["tests"] >= 4  # /rank, /model, /healthz and the docs routes were exercised
