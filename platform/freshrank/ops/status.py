@@ -59,6 +59,10 @@ class WindowStatus:
     trained_at: float | None
     timings: Mapping[str, float] = field(default_factory=dict)
     landed_to_checkpointed_s: float | None = None
+    gauc: float | None = None
+    watermark: float | None = None
+    created_at: float | None = None
+    drift_alarms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class Status:
     """Windows checked after the one `drift` judged (0: its own; small ones wait for more)."""
     drift_alarms: tuple[str, ...] = ()
     """``feature/statistic`` alarms of ``drift_version``'s window, from its manifest."""
+    promotion_log: tuple[Mapping[str, Any], ...] = ()
+    """The newest ``history`` events of the promotion log, oldest first."""
 
     @property
     def champion_age_s(self) -> float | None:
@@ -129,7 +135,12 @@ class Status:
         return max(0.0, self.at - self.champion.watermark)
 
 
-def collect_status(registry_root: str, landing_root: str | None, metrics_url: str | None) -> Status:
+def collect_status(
+    registry_root: str,
+    landing_root: str | None,
+    metrics_url: str | None,
+    history: int = WINDOWS_SHOWN,
+) -> Status:
     """Gather the state of the model line under ``registry_root``.
 
     Args:
@@ -138,13 +149,17 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         landing_root: the landing zone, for the shard backlog and the quarantine; None skips.
         metrics_url: a Prometheus text endpoint (``http://127.0.0.1:PORT/metrics``); None
             skips. An endpoint that does not answer is reported, not raised.
+        history: how many of the newest versions (manifests) and promotion log events to keep
+            in ``windows`` and ``promotion_log`` (the status page draws them over time).
     """
     from freshrank.registry.store import Registry
 
+    if not isinstance(history, int) or history < 1:
+        raise ValueError(f"history must be an int >= 1 (versions to read), got {history!r}")
     now = time.time()
     registry = Registry(registry_root)
     versions = registry.list_versions()
-    manifests = {v: registry.get(v).manifest for v in versions[-WINDOWS_SHOWN:]}
+    manifests = {v: registry.get(v).manifest for v in versions[-max(history, WINDOWS_SHOWN) :]}
     promotions = registry.promotions()
 
     champion = None
@@ -179,7 +194,7 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         quarantined = tuple(zone.quarantined())
 
     live = _live_metrics(metrics_url) if metrics_url else None
-    stages = _stages(windows, manifests, promotions, live)
+    stages = _stages(windows[-WINDOWS_SHOWN:], manifests, promotions, live)
     return Status(
         at=now,
         registry=str(registry_root),
@@ -199,6 +214,7 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         metrics=live,
         drift_windows_since=drift_since,
         drift_alarms=drift_alarms,
+        promotion_log=tuple(promotions[-history:]),
     )
 
 
@@ -211,13 +227,8 @@ def render_status(status: Status) -> str:
         add(_kv("champion", "none yet (no version has been promoted)"))
     else:
         c = status.champion
-        age = _duration(status.champion_age_s)
-        add(
-            _kv(
-                "champion",
-                f"v{c.version}, promoted {age} ago" + (f" ({c.reason})" if c.reason else ""),
-            )
-        )
+        age, why = _duration(status.champion_age_s), f" ({c.reason})" if c.reason else ""
+        add(_kv("champion", f"v{c.version}, promoted {age} ago{why}"))
     fresh = status.freshness_s
     if fresh is not None:
         where = "slowest replica" if status.metrics and status.metrics.freshness_s else "champion"
@@ -244,7 +255,7 @@ def render_status(status: Status) -> str:
             f"  {'version':>8} {'window':>6} {'events':>8} {'AUC':>7} {'logloss':>8} "
             f"{'read':>7} {'eval':>7} {'train':>7} {'ckpt':>7} {'landed->ckpt':>13}"
         )
-        for w in reversed(status.windows):
+        for w in reversed(status.windows[-WINDOWS_SHOWN:]):
             t = w.timings
             add(
                 f"  {'v' + str(w.version):>8} {_num(w.window_index, 'd'):>6} "
@@ -298,12 +309,8 @@ def render_status(status: Status) -> str:
                 parts = ", ".join(f"{k} {int(v)}" for k, v in sorted(m.requests.items()))
                 bad = sum(v for k, v in m.requests.items() if k in ("server_error", "unavailable"))
                 add(_kv("requests", f"{parts} (failed {bad / total:.2%})"))
-                add(
-                    _kv(
-                        "request latency",
-                        f"p50 {_secs(m.request_p50_s)}, p99 {_secs(m.request_p99_s)}",
-                    )
-                )
+                p50, p99 = _secs(m.request_p50_s), _secs(m.request_p99_s)
+                add(_kv("request latency", f"p50 {p50}, p99 {p99}"))
     return "\n".join(lines)
 
 
@@ -342,6 +349,10 @@ def _window(version: int, manifest: Mapping[str, Any]) -> WindowStatus:
         trained_at=_float(manifest.get("trained_at")),
         timings=timings,
         landed_to_checkpointed_s=(created - min(landed)) if landed and created else None,
+        gauc=_float(metrics.get("eval_gauc")),
+        watermark=_float(manifest.get("watermark")),
+        created_at=created,
+        drift_alarms=tuple(str(a) for a in manifest.get("drift_alarms") or ()),
     )
 
 
