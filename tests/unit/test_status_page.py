@@ -18,7 +18,7 @@ from freshrank.apps.cli import build_parser
 from freshrank.core import Telemetry, serve_prometheus_client
 from freshrank.events.landing import LandingZone
 from freshrank.events.simulator import Simulator, SimulatorConfig
-from freshrank.ops.page import PageConfig, freshness, load_status, render_page, status_document
+from freshrank.ops.page import PageConfig, freshness, load_status, render_page
 from freshrank.ops.runtime import free_port
 from freshrank.ops.ui import UiConfig, start_status_page
 from freshrank.registry.promotion import Promoter

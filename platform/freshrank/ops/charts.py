@@ -80,7 +80,7 @@ def nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return []
     if hi <= lo:
-        lo, hi = lo - 1.0, hi + 1.0
+        lo, hi = (0.0, 1.0) if lo == 0 else (lo - 1.0, hi + 1.0)
     raw = (hi - lo) / max(1, n)
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
@@ -214,8 +214,8 @@ def _draw_series(
 def bar_rows(chart_id: str, rows: Sequence[BarRow], *, ref_label: str, width: int = WIDTH) -> str:
     """Horizontal bars, one per row, with a vertical line at 1.0 (the reference: a threshold).
 
-    Bars over the reference, or marked ``alarm``, are red; values are clipped at 3x the
-    reference (the tooltip keeps the true number).
+    Bars marked ``alarm`` are red, bars over the reference without an alarm amber, the others
+    green; values are clipped at 3x the reference (the tooltip keeps the true number).
     """
     row_h, label_w, top = 18, 190, 22
     height = top + row_h * max(1, len(rows)) + 8
@@ -238,7 +238,7 @@ def bar_rows(chart_id: str, rows: Sequence[BarRow], *, ref_label: str, width: in
         out.append(f'<text x="{label_w}" y="{top + 12}" {_FONT} fill="#666">nothing judged</text>')
     for i, r in enumerate(rows):
         y = top + i * row_h
-        color = "#cf222e" if r.alarm or r.value > 1.0 else "#2da44e"
+        color = "#cf222e" if r.alarm else "#bf8700" if r.value > 1.0 else "#2da44e"
         out.append(
             f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end" {_FONT} fill="#222">'
             f"{escape(r.label)}</text>"

@@ -154,6 +154,7 @@ table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #ea
 padding:3px 8px;text-align:left;vertical-align:top} th{background:#f6f8fa}
 .kind{font-weight:600} .promoted{color:#1a7f37} .rejected{color:#cf222e} .error{color:#9a6700}
 .rolled_back{color:#8250df} .alarm{color:#cf222e;font-weight:600} td.reason{max-width:640px}
+.over{color:#9a6700} #champion{max-width:420px}
 """
 
 
@@ -391,7 +392,13 @@ def _drift_section(status: Status) -> str:
         f"<td>{escape(_drift_value(e.statistic, e.value))}</td><td>"
         + ("-" if e.threshold is None else f"{e.threshold:.3f}")
         + "</td><td>"
-        + ("<span class='alarm'>ALARM</span>" if e.alarm else "")
+        + (
+            "<span class='alarm'>ALARM</span>"
+            if e.alarm
+            else "<span class='over'>over, no alarm</span>"
+            if e.severity > 1.0
+            else ""
+        )
         + "</td></tr>"
         for e in sorted(report.entries, key=lambda e: (-e.severity, e.feature, e.statistic.value))
     )
@@ -401,7 +408,9 @@ def _drift_section(status: Status) -> str:
         live = f"<p class='alarm'>live alarms (serving): {items}</p>"
     return (
         head + f"<p>{verdict} in {escape(where)}: {report.rows} rows against a reference of "
-        f"{report.reference_rows}; bars are value ÷ threshold.</p>{live}<div class='grid'>"
+        f"{report.reference_rows}; bars are value ÷ threshold (red: alarm; amber: over the "
+        "threshold without an alarm, as before the reference has absorbed its warm-up windows)."
+        f"</p>{live}<div class='grid'>"
         + bar_rows("chart-drift", bars, ref_label="threshold")
         + "<table id='drift'><tr><th>feature</th><th>statistic</th><th>value</th>"
         "<th>threshold</th><th></th></tr>" + rows + "</table></div>"
