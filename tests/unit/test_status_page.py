@@ -226,3 +226,19 @@ def test_cli_ui_options():
     args = build_parser().parse_args(["ui", "--registry", "/r"])
     assert (args.registry, args.landing, args.metrics_url) == ("/r", None, None)
     assert (args.host, args.port) == ("127.0.0.1", 8266)
+
+
+def test_a_version_pruned_after_the_listing_is_left_out(tmp_path, monkeypatch):
+    """The trainer prunes after every checkpoint; a page reload between the listing and the
+    reads must not fail on the version that went."""
+    registry = Registry(tmp_path / "registry")
+    now = time.time()
+    for i in (1, 2, 3):
+        checkpoint(registry, i, now, None)
+    registry.set_champion(3, reason="ok")
+    listed = registry.list_versions()
+    assert registry.prune(keep_last=2) == [1]
+    monkeypatch.setattr(Registry, "list_versions", lambda self: listed)  # the stale listing
+    status = load_status(str(registry.root), None, None)
+    assert [w.version for w in status.windows] == [2, 3] and status.versions == 3
+    assert "<div class='big'>v3</div>" in render_page(status)

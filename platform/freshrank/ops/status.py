@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from freshrank.core.telemetry import UPDATE_STAGES
 from freshrank.drift import DriftReport, FeatureDrift, get_statistic
-from freshrank.ops.scrape import ScrapeError, scrape_series
+from freshrank.ops.scrape import ScrapeError, histogram_quantile, scrape_series
 
 if TYPE_CHECKING:
     from freshrank.registry.store import Registry
@@ -159,13 +161,15 @@ def collect_status(
     now = time.time()
     registry = Registry(registry_root)
     versions = registry.list_versions()
-    manifests = {v: registry.get(v).manifest for v in versions[-max(history, WINDOWS_SHOWN) :]}
+    manifests = _manifests(registry, versions[-max(history, WINDOWS_SHOWN) :])
     promotions = registry.promotions()
 
     champion = None
     champion_version = registry.champion_version()
     if champion_version is not None:
-        manifest = manifests.get(champion_version) or _manifest_or_empty(registry, champion_version)
+        manifest = manifests.get(champion_version)
+        if manifest is None:  # an older champion than the newest ``history`` versions
+            manifest = _manifests(registry, [champion_version]).get(champion_version, {})
         promoted = _last(promotions, "promoted", champion_version)
         champion = ChampionStatus(
             version=champion_version,
@@ -178,9 +182,7 @@ def collect_status(
     drift, drift_version, drift_since, drift_alarms = _latest_drift(registry, manifests)
 
     recent = [p for p in promotions if _float(p.get("at")) and now - float(p["at"]) <= 3600]
-    counts: dict[str, int] = {}
-    for p in recent:
-        counts[str(p.get("kind"))] = counts.get(str(p.get("kind")), 0) + 1
+    counts = dict(Counter(str(p.get("kind")) for p in recent))
 
     backlog, quarantined = None, ()
     if landing_root is not None:
@@ -318,11 +320,19 @@ def render_status(status: Status) -> str:
 # Registry helpers
 
 
-def _manifest_or_empty(registry: Any, version: int) -> dict[str, Any]:  # noqa: ANN401
-    try:
-        return registry.get(version).manifest
-    except KeyError:
-        return {}
+def _manifests(registry: Registry, versions: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Manifests by version (8 read at once on an object store); one pruned since the listing
+    is left out."""
+
+    def get(version: int) -> dict[str, Any] | None:
+        try:
+            return registry.get(version).manifest
+        except KeyError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=1 if registry.is_local else 8) as pool:
+        found = zip(versions, pool.map(get, versions), strict=True)
+        return {v: m for v, m in found if m is not None}
 
 
 def _last(events: Sequence[Mapping[str, Any]], kind: str, version: int) -> Mapping[str, Any] | None:
@@ -442,38 +452,6 @@ def _live_metrics(url: str) -> LiveMetrics:
         drift_alarms=tuple(sorted(alarms)),
         stages=stages,
     )
-
-
-def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
-    """Prometheus's ``histogram_quantile`` over cumulative bucket counts ``{le: count}``.
-
-    Linear interpolation inside the bucket; the +Inf bucket answers with the largest finite
-    bound. None when there are no observations.
-
-    >>> histogram_quantile(0.5, {0.1: 2, 1.0: 6, float("inf"): 8})
-    0.55
-    >>> histogram_quantile(0.99, {0.1: 2, 1.0: 6, float("inf"): 8})
-    1.0
-    """
-    if not buckets:
-        return None
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
-    if total <= 0:
-        return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for le in bounds:
-        count = buckets[le]
-        if count >= rank:
-            if math.isinf(le):
-                finite = [b for b in bounds if not math.isinf(b)]
-                return finite[-1] if finite else None
-            if count == below:
-                return le
-            return round(lower + (le - lower) * (rank - below) / (count - below), 12)
-        lower, below = le, count
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
