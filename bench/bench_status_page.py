@@ -118,18 +118,25 @@ def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def measure(url: str, gets: int) -> tuple[float, float, int]:
-    """Median and max seconds of ``gets`` GETs of ``url`` (after one warm-up), answer bytes."""
-    times, size = [], 0
+def measure(url: str, gets: int) -> tuple[float, float, float, int]:
+    """Median and max wall seconds of ``gets`` GETs of ``url`` (after one warm-up), the median
+    CPU seconds of this process per GET (server and client both run here: a figure a busy
+    machine disturbs less than the wall time), and the answer's bytes."""
+    times, cpu, size = [], [], 0
     with httpx.Client(timeout=60) as http:
         http.get(url).raise_for_status()
         for _ in range(gets):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             response = http.get(url)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             response.raise_for_status()
             size = len(response.content)
-    return statistics.median(times), max(times), size
+    return statistics.median(times), max(times), statistics.median(cpu), size
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             log_bytes = os.path.getsize(registry.root / "promotions.jsonl")
             kinds = [e["kind"] for e in registry.promotions()]
             with start_status_page(str(registry.root), str(zone.root), None, port=0) as page:
-                html_p50, html_max, html_bytes = measure(page.url + "/", args.gets)
-                json_p50, json_max, json_bytes = measure(page.url + "/status.json", args.gets)
+                page_figures = measure(page.url + "/", args.gets)
+                json_figures = measure(page.url + "/status.json", args.gets)
             rows.append(
                 (
                     n,
@@ -163,30 +170,27 @@ def main(argv: list[str] | None = None) -> int:
                     on_disk,
                     on_disk + n * REAL_WEIGHTS_BYTES,
                     log_bytes,
-                    html_p50,
-                    html_max,
-                    html_bytes,
-                    json_p50,
-                    json_max,
-                    json_bytes,
+                    *page_figures,
+                    *json_figures,
                     built_s,
                 )
             )
     print(
         f"status page: {args.gets} GETs each (median / max), page history {history} versions; "
-        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
     print(
         "| versions | promoted / rejected | registry on disk (as built; with real weights) "
-        "| promotion log | GET / | page bytes | GET /status.json | JSON bytes | build |"
+        "| promotion log | GET / wall (max), CPU | page bytes | GET /status.json wall (max), CPU "
+        "| JSON bytes | build |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r[0]:,} | {r[1]} / {r[2]} | {r[3] / 1e6:.1f} MB; {r[4] / 1e9:.1f} GB "
-            f"| {r[5] / 1e3:.0f} kB | {r[6] * 1e3:.0f} ms (max {r[7] * 1e3:.0f}) "
-            f"| {r[8] / 1e3:.0f} kB | {r[9] * 1e3:.0f} ms (max {r[10] * 1e3:.0f}) "
-            f"| {r[11] / 1e3:.0f} kB | {r[12]:.0f} s |"
+            f"| {r[5] / 1e3:.0f} kB | {_ms(r[6])} ({_ms(r[7])}), {_ms(r[8])} | {r[9] / 1e3:.0f} kB "
+            f"| {_ms(r[10])} ({_ms(r[11])}), {_ms(r[12])} | {r[13] / 1e3:.0f} kB | {r[14]:.0f} s |"
         )
     return 0
 
