@@ -24,6 +24,7 @@ test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	bash cluster/prometheus/install.sh
+	bash cluster/browser/install.sh
 	$(PY) -m pytest $(ARGS)
 
 lint: venv

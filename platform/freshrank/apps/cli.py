@@ -1,5 +1,5 @@
-"""The ``freshrank`` command: ``demo``, ``simulate``, ``train``, ``status``, ``backtest``,
-``registry``.
+"""The ``freshrank`` command: ``demo``, ``simulate``, ``train``, ``status``, ``ui``,
+``backtest``, ``registry``.
 
 Every option of ``demo``, ``simulate`` and ``train`` comes from a field of a typed config
 dataclass; its ``--help`` text is the field's attribute docstring (the string literal right under
@@ -296,6 +296,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from freshrank.ops.ui import start_status_page
+
+    page = start_status_page(args.registry, args.landing, args.metrics_url, args.host, args.port)
+    _log("ui", f"status page at {page.url} (Ctrl-C stops it)")
+    stop = threading.Event()
+    with stop_on_signals(lambda signum: stop.set(), "ui", "stopping the page"):
+        while not stop.wait(1.0):
+            pass
+    page.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``freshrank`` command."""
     from freshrank.apps.demo import DemoConfig
@@ -369,6 +382,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-url", default=None, help="Ray metrics endpoint (http://127.0.0.1:PORT/metrics)"
     )
     status.set_defaults(func=_cmd_status)
+
+    ui = sub.add_parser(
+        "ui",
+        help="serve the status page (champion, timeline, freshness, AUC, drift, quarantine)",
+        description="Serve an HTML status page that reloads itself (and /status.json) on "
+        "127.0.0.1 until SIGTERM/SIGINT.",
+    )
+    ui.add_argument("--registry", required=True, help="registry directory")
+    ui.add_argument("--landing", default=None, help="landing zone (for quarantined shards)")
+    ui.add_argument(
+        "--metrics-url", default=None, help="Ray metrics endpoint (http://127.0.0.1:PORT/metrics)"
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=8266, help="port; 0 picks one (default: 8266)")
+    ui.set_defaults(func=_cmd_ui)
 
     from freshrank.apps.backtest_cli import add_backtest_command
     from freshrank.apps.registry_cli import add_registry_commands

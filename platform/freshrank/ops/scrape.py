@@ -1,6 +1,6 @@
 """Reading freshrank's series from a Prometheus text endpoint (a Ray node's metrics agent, or a
 ``prometheus_client`` server), with Ray's ``ray_`` prefix taken off the names: the one scraper
-behind ``freshrank status`` and the demo's summary.
+behind ``freshrank status`` and the demo's summary, and `histogram_quantile` over its buckets.
 
 >>> text = '''# TYPE ray_freshrank_window_auc gauge
 ... ray_freshrank_window_auc{WorkerId="a"} 0.7
@@ -16,6 +16,7 @@ behind ``freshrank status`` and the demo's summary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -61,6 +62,38 @@ def scrape_series(url: str, timeout_s: float = 3.0) -> list[Series]:
         raise ScrapeError(f"{type(exc).__name__}: {exc}"[:200]) from exc
 
 
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """Prometheus's ``histogram_quantile`` over cumulative bucket counts ``{le: count}``.
+
+    Linear interpolation inside the bucket; the +Inf bucket answers with the largest finite
+    bound. None when there are no observations.
+
+    >>> histogram_quantile(0.5, {0.1: 2, 1.0: 6, float("inf"): 8})
+    0.55
+    >>> histogram_quantile(0.99, {0.1: 2, 1.0: 6, float("inf"): 8})
+    1.0
+    """
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        count = buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                finite = [b for b in bounds if not math.isinf(b)]
+                return finite[-1] if finite else None
+            if count == below:
+                return le
+            return round(lower + (le - lower) * (rank - below) / (count - below), 12)
+        lower, below = le, count
+    return None
+
+
 def summarise_series(series: Iterable[Series]) -> dict[str, float]:
     """One number per sample name: series of one metric from several processes (Ray's
     ``WorkerId`` label) are summed for counters and histogram counts and sums, and the largest
@@ -85,6 +118,7 @@ def scrape_freshrank_metrics(url: str, timeout_s: float = 2.0) -> dict[str, floa
 __all__ = [
     "ScrapeError",
     "Series",
+    "histogram_quantile",
     "parse_series",
     "scrape_freshrank_metrics",
     "scrape_series",

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from freshrank.core.telemetry import UPDATE_STAGES
 from freshrank.drift import DriftReport, FeatureDrift, get_statistic
-from freshrank.ops.scrape import ScrapeError, scrape_series
+from freshrank.ops.scrape import ScrapeError, histogram_quantile, scrape_series
 
 if TYPE_CHECKING:
     from freshrank.registry.store import Registry
@@ -59,6 +61,10 @@ class WindowStatus:
     trained_at: float | None
     timings: Mapping[str, float] = field(default_factory=dict)
     landed_to_checkpointed_s: float | None = None
+    gauc: float | None = None
+    watermark: float | None = None
+    created_at: float | None = None
+    drift_alarms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,8 @@ class Status:
     """Windows checked after the one `drift` judged (0: its own; small ones wait for more)."""
     drift_alarms: tuple[str, ...] = ()
     """``feature/statistic`` alarms of ``drift_version``'s window, from its manifest."""
+    promotion_log: tuple[Mapping[str, Any], ...] = ()
+    """The newest ``history`` events of the promotion log, oldest first."""
 
     @property
     def champion_age_s(self) -> float | None:
@@ -129,7 +137,12 @@ class Status:
         return max(0.0, self.at - self.champion.watermark)
 
 
-def collect_status(registry_root: str, landing_root: str | None, metrics_url: str | None) -> Status:
+def collect_status(
+    registry_root: str,
+    landing_root: str | None,
+    metrics_url: str | None,
+    history: int = WINDOWS_SHOWN,
+) -> Status:
     """Gather the state of the model line under ``registry_root``.
 
     Args:
@@ -138,20 +151,26 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         landing_root: the landing zone, for the shard backlog and the quarantine; None skips.
         metrics_url: a Prometheus text endpoint (``http://127.0.0.1:PORT/metrics``); None
             skips. An endpoint that does not answer is reported, not raised.
+        history: how many of the newest versions (manifests) and promotion log events to keep
+            in ``windows`` and ``promotion_log`` (the status page draws them over time).
     """
     from freshrank.registry.control import trainer_health
     from freshrank.registry.store import Registry
 
+    if not isinstance(history, int) or history < 1:
+        raise ValueError(f"history must be an int >= 1 (versions to read), got {history!r}")
     now = time.time()
     registry = Registry(registry_root)
     versions = registry.list_versions()
-    manifests = {v: registry.get(v).manifest for v in versions[-WINDOWS_SHOWN:]}
+    manifests = _manifests(registry, versions[-max(history, WINDOWS_SHOWN) :])
     promotions = registry.promotions()
 
     champion = None
     champion_version = registry.champion_version()
     if champion_version is not None:
-        manifest = manifests.get(champion_version) or _manifest_or_empty(registry, champion_version)
+        manifest = manifests.get(champion_version)
+        if manifest is None:  # an older champion than the newest ``history`` versions
+            manifest = _manifests(registry, [champion_version]).get(champion_version, {})
         promoted = _last(promotions, "promoted", champion_version)
         champion = ChampionStatus(
             version=champion_version,
@@ -164,9 +183,7 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
     drift, drift_version, drift_since, drift_alarms = _latest_drift(registry, manifests)
 
     recent = [p for p in promotions if _float(p.get("at")) and now - float(p["at"]) <= 3600]
-    counts: dict[str, int] = {}
-    for p in recent:
-        counts[str(p.get("kind"))] = counts.get(str(p.get("kind")), 0) + 1
+    counts = dict(Counter(str(p.get("kind")) for p in recent))
 
     backlog, quarantined = None, ()
     if landing_root is not None:
@@ -180,7 +197,7 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         quarantined = tuple(zone.quarantined())
 
     live = _live_metrics(metrics_url) if metrics_url else None
-    stages = _stages(windows, manifests, promotions, live)
+    stages = _stages(windows[-WINDOWS_SHOWN:], manifests, promotions, live)
     return Status(
         at=now,
         registry=str(registry_root),
@@ -200,6 +217,7 @@ def collect_status(registry_root: str, landing_root: str | None, metrics_url: st
         metrics=live,
         drift_windows_since=drift_since,
         drift_alarms=drift_alarms,
+        promotion_log=tuple(promotions[-history:]),
     )
 
 
@@ -212,13 +230,8 @@ def render_status(status: Status) -> str:
         add(_kv("champion", "none yet (no version has been promoted)"))
     else:
         c = status.champion
-        age = _duration(status.champion_age_s)
-        add(
-            _kv(
-                "champion",
-                f"v{c.version}, promoted {age} ago" + (f" ({c.reason})" if c.reason else ""),
-            )
-        )
+        age, why = _duration(status.champion_age_s), f" ({c.reason})" if c.reason else ""
+        add(_kv("champion", f"v{c.version}, promoted {age} ago{why}"))
     fresh = status.freshness_s
     if fresh is not None:
         where = "slowest replica" if status.metrics and status.metrics.freshness_s else "champion"
@@ -249,7 +262,7 @@ def render_status(status: Status) -> str:
             f"  {'version':>8} {'window':>6} {'events':>8} {'AUC':>7} {'logloss':>8} "
             f"{'read':>7} {'eval':>7} {'train':>7} {'ckpt':>7} {'landed->ckpt':>13}"
         )
-        for w in reversed(status.windows):
+        for w in reversed(status.windows[-WINDOWS_SHOWN:]):
             t = w.timings
             add(
                 f"  {'v' + str(w.version):>8} {_num(w.window_index, 'd'):>6} "
@@ -303,12 +316,8 @@ def render_status(status: Status) -> str:
                 parts = ", ".join(f"{k} {int(v)}" for k, v in sorted(m.requests.items()))
                 bad = sum(v for k, v in m.requests.items() if k in ("server_error", "unavailable"))
                 add(_kv("requests", f"{parts} (failed {bad / total:.2%})"))
-                add(
-                    _kv(
-                        "request latency",
-                        f"p50 {_secs(m.request_p50_s)}, p99 {_secs(m.request_p99_s)}",
-                    )
-                )
+                p50, p99 = _secs(m.request_p50_s), _secs(m.request_p99_s)
+                add(_kv("request latency", f"p50 {p50}, p99 {p99}"))
     return "\n".join(lines)
 
 
@@ -316,11 +325,19 @@ def render_status(status: Status) -> str:
 # Registry helpers
 
 
-def _manifest_or_empty(registry: Any, version: int) -> dict[str, Any]:  # noqa: ANN401
-    try:
-        return registry.get(version).manifest
-    except KeyError:
-        return {}
+def _manifests(registry: Registry, versions: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Manifests by version (8 read at once on an object store); one pruned since the listing
+    is left out."""
+
+    def get(version: int) -> dict[str, Any] | None:
+        try:
+            return registry.get(version).manifest
+        except KeyError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=1 if registry.is_local else 8) as pool:
+        found = zip(versions, pool.map(get, versions), strict=True)
+        return {v: m for v, m in found if m is not None}
 
 
 def _last(events: Sequence[Mapping[str, Any]], kind: str, version: int) -> Mapping[str, Any] | None:
@@ -347,6 +364,10 @@ def _window(version: int, manifest: Mapping[str, Any]) -> WindowStatus:
         trained_at=_float(manifest.get("trained_at")),
         timings=timings,
         landed_to_checkpointed_s=(created - min(landed)) if landed and created else None,
+        gauc=_float(metrics.get("eval_gauc")),
+        watermark=_float(manifest.get("watermark")),
+        created_at=created,
+        drift_alarms=tuple(str(a) for a in manifest.get("drift_alarms") or ()),
     )
 
 
@@ -436,38 +457,6 @@ def _live_metrics(url: str) -> LiveMetrics:
         drift_alarms=tuple(sorted(alarms)),
         stages=stages,
     )
-
-
-def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
-    """Prometheus's ``histogram_quantile`` over cumulative bucket counts ``{le: count}``.
-
-    Linear interpolation inside the bucket; the +Inf bucket answers with the largest finite
-    bound. None when there are no observations.
-
-    >>> histogram_quantile(0.5, {0.1: 2, 1.0: 6, float("inf"): 8})
-    0.55
-    >>> histogram_quantile(0.99, {0.1: 2, 1.0: 6, float("inf"): 8})
-    1.0
-    """
-    if not buckets:
-        return None
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
-    if total <= 0:
-        return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for le in bounds:
-        count = buckets[le]
-        if count >= rank:
-            if math.isinf(le):
-                finite = [b for b in bounds if not math.isinf(b)]
-                return finite[-1] if finite else None
-            if count == below:
-                return le
-            return round(lower + (le - lower) * (rank - below) / (count - below), 12)
-        lower, below = le, count
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
