@@ -33,6 +33,7 @@ def test_whole_loop_trains_every_valid_event_and_swaps_without_failures(
             null_row_fraction=0.004,
             request_rate=15,
             http_port=free_port(),
+            status_port=0,
         ),
         out=lines.append,
     )
@@ -52,6 +53,7 @@ def test_whole_loop_trains_every_valid_event_and_swaps_without_failures(
     assert result.champion == max(result.client.versions_served)
     assert result.landing_to_served_s and min(result.landing_to_served_s) > 0
     assert any("demo summary" in line for line in lines)
+    assert result.status_page and any(f"status page {result.status_page}/" in x for x in lines)
     # The output tells the loop's story, in freshrank's own lines: a line per version trained
     # and per gate decision, and a summary that says what its counts count.
     trained = [line for line in lines if re.search(r"\] v\d+ trained: window \d+", line)]

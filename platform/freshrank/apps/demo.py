@@ -43,6 +43,7 @@ from freshrank.ops.runtime import (
     route_ray_driver_logs,
 )
 from freshrank.ops.scrape import scrape_freshrank_metrics
+from freshrank.ops.ui import start_status_page
 from freshrank.registry.store import Registry
 from freshrank.serving.client import RankingClient
 
@@ -67,6 +68,8 @@ class DemoConfig:
     """Ranking requests per second sent by the demo's HTTP client."""
     http_port: int = 8000
     dashboard_port: int = 8265
+    status_port: int = 8266
+    """The status page (freshrank ui) on 127.0.0.1; 0 picks a free port."""
     num_cpus: int = 8
     """Logical CPUs given to the local Ray (more than the cores, so everything can be placed)."""
     seed: int = 0
@@ -141,6 +144,8 @@ class DemoResult:
     """Ray's log directory of the session (the workers' and controllers' output)."""
     driver_log: str | None = None
     """Where Ray's own lines in the demo's process went (None: on the terminal)."""
+    status_page: str | None = None
+    """The status page's URL (freshrank ui, served by the demo while it ran)."""
 
 
 def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> DemoResult:
@@ -209,6 +214,13 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
     endpoint = f"http://127.0.0.1:{config.http_port}"
     stop = threading.Event()
     client_stop = threading.Event()
+    page = start_status_page(
+        str(registry_dir), str(landing_dir), metrics_url, port=config.status_port
+    )
+    out(
+        f"status page {page.url}/ (the loop as charts), Ray dashboard {dashboard or 'n/a'} "
+        "(token: `.venv/bin/ray get-auth-token`)"
+    )
     try:
         progress.start()
         # 1. The endpoint first: replicas answer 503 until a version is promoted.
@@ -309,11 +321,13 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
             metrics_url,
             progress.counts(),
             driver_log,
+            page.url,
         )
         _print_summary(result, out)
         return result
     finally:
         progress.stop()
+        page.close()
         stop.set()
         client_stop.set()
         try:
@@ -448,6 +462,7 @@ def _summarise(
     metrics_url: str | None,
     counts: LoopCounts | None,
     driver_log: str | None,
+    status_page: str | None,
 ) -> DemoResult:
     manifests = [registry.get(v).manifest for v in registry.list_versions()]
     served = sorted(client.first_seen.items())
@@ -488,6 +503,7 @@ def _summarise(
         counts=counts,
         ray_logs=ray_logs_dir(),
         driver_log=driver_log,
+        status_page=status_page,
     )
 
 
@@ -542,6 +558,11 @@ def _print_summary(r: DemoResult, out: Callable[[str], None]) -> None:
     ]
     out(f"metrics (Prometheus)     {', '.join(seen) or 'none read'} from {r.metrics_url}")
     out(f"endpoint                 {r.endpoint}")
+    if r.status_page:
+        out(
+            f"status page              {r.status_page}/ (served while the demo ran; afterwards "
+            f"`freshrank ui --registry {r.run_dir}/registry --landing {r.run_dir}/landing`)"
+        )
     if r.dashboard:
         out(
             f"Ray dashboard            {r.dashboard} (it asks for the cluster token: "
