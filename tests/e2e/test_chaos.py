@@ -47,8 +47,10 @@ def _fault(report: dict, name: str) -> dict:
 def test_a_corrupt_champion_and_a_replica_restart_do_not_take_requests_down(report):
     fault = _fault(report, "corrupt-champion")
     assert fault["sent"] >= 40
-    # the one request in flight on the killed replica may fail, and then as a 503
-    assert sum(fault["failed"].values()) <= 1 and set(fault["failed"]) <= {"503"}, fault
+    # The one request in flight on the killed replica may fail. Through Serve's Python proxy it
+    # is a 500 that the app cannot change (docs/operating.md, the "Python proxy" note);
+    # behind HAProxy it is a JSON 503 with Retry-After (test_haproxy_loopback.py).
+    assert sum(fault["failed"].values()) <= 1 and set(fault["failed"]) <= {"500", "503"}, fault
     assert fault["heal_s"] is not None, fault
 
 
