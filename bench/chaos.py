@@ -147,6 +147,8 @@ class Stack:
         self.trainer_exits: list[int] = []
         self._stopping = threading.Event()
         self._producing = threading.Event()
+        self.restart_allowed = threading.Event()
+        self.restart_allowed.set()
         self._threads: list[threading.Thread] = []
         self.pinger: LoadGenerator | None = None
         self.endpoint = ""
@@ -271,6 +273,8 @@ class Stack:
                 continue
             if t.returncode == 0 and self.zone.is_done():
                 return  # finished the landing zone
+            if not self.restart_allowed.is_set():
+                continue
             self.trainer_exits.append(int(t.returncode))
             self.trainer_restarts += 1
             self._start_trainer()
@@ -283,8 +287,14 @@ class Stack:
     def _produce(self) -> None:
         from freshrank.events.simulator import Simulator, SimulatorConfig
 
-        sim = Simulator(SimulatorConfig(seed=0))
-        per_request = 10  # impressions per simulated search
+        per_request = 10  # impressions per simulated search (the simulator's list_size)
+        sim = Simulator(  # events dated from now, as the producer of the demo dates them
+            SimulatorConfig(
+                seed=0,
+                start_time=datetime.now(UTC),
+                requests_per_second=self.config.events_per_second / per_request,
+            )
+        )
         period = self.config.shard_events / self.config.events_per_second
         next_at = time.monotonic()
         while not self._stopping.is_set():
@@ -491,11 +501,27 @@ def _kill_trainer_driver(stack: Stack, checks: dict[str, Any]) -> None:
     from freshrank.registry.store import Registry
 
     restarts = stack.trainer_restarts
+    stack.restart_allowed.clear()  # hold the restart: what does TRAINER say meanwhile?
+    killed = time.monotonic()
     stack.kill_trainer_driver()
-    _until(lambda: stack.trainer_restarts > restarts, 30, "the supervisor to see the kill")
-    checks["trainer_state_after_kill"] = (Registry(stack.registry).trainer_status() or {}).get(
-        "state"
-    )
+    try:
+        from freshrank.registry.control import trainer_health
+    except ImportError:  # before the heartbeat: the record as written is all a reader has
+
+        def trainer_health(record: Any) -> Any:  # noqa: ANN401
+            return record
+
+    said = None
+    while time.monotonic() - killed < 40:
+        record = trainer_health(Registry(stack.registry).trainer_status()) or {}
+        said = record.get("state")
+        if said not in ("ready", "training", "starting"):
+            checks["not_live_after_s"] = round(time.monotonic() - killed, 1)
+            break
+        time.sleep(0.5)
+    checks["trainer_state_after_kill"] = said
+    stack.restart_allowed.set()
+    _until(lambda: stack.trainer_restarts > restarts, 30, "the supervisor to restart it")
 
 
 def _full_disk(stack: Stack, checks: dict[str, Any]) -> None:
