@@ -39,4 +39,6 @@ def run_schemathesis(base_url: str, out: Path) -> dict[str, int]:
     assert done.returncode == 0 and counts["failures"] == counts["errors"] == 0, (
         f"{counts}\n{done.stdout[-6000:]}"
     )
+    summary = [line for line in done.stdout.splitlines() if "generated" in line or "passed" in line]
+    print(f"schemathesis {base_url}: {counts}; {' | '.join(summary[-3:])}")  # shown with -s
     return counts
