@@ -370,4 +370,4 @@ def test_schemathesis_finds_nothing_through_serves_proxy(ranking, tmp_path):
         what=f"v{champion} served",
     )
     counts = run_schemathesis(url, tmp_path)
-    assert counts["tests"] >= 4  # /rank, /model, /healthz and the docs routes were exercised
+    assert counts["tests"] >= 3  # /rank, /model and /healthz were exercised
