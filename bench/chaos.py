@@ -11,8 +11,9 @@ and lets the loop settle before the next one. At the end the producer stops, the
 drains, and the events are counted.
 
 Per fault: requests sent and failed (by status) while it lasted, seconds to heal (from the
-injection to the start of the first ``heal_window_s`` of only-200 answers and, for trainer
-faults, a new version), and what the fault's own check said. Over the run: events lost and
+injection to the start of the last run of only-200 answers lasting ``heal_window_s`` and,
+for trainer and data faults, to the first version published after the injection, whichever is
+later), and what the fault's own check said. Over the run: events lost and
 duplicated, counted by event id (``U`` = distinct event ids among the valid rows of every
 landed shard that was not quarantined, less the rows the platform refused *and counted*, e.g.
 out of time or duplicate; ``T`` = rows trained, the newest manifest's ``events_trained``;
@@ -696,10 +697,13 @@ def _inject(stack: Stack, fault: Fault, result: FaultResult, config: ChaosConfig
     fault.run(stack, result.checks)
     deadline = started + config.fault_timeout_s
     healed_at = None
+    new_version_at = None
     while time.monotonic() < deadline:
         if fault.needs_new_version and stack.latest() <= version_before:
             time.sleep(0.2)
             continue
+        if new_version_at is None:
+            new_version_at = time.monotonic()
         samples = [s for s in stack.pinger.samples() if s.sent >= started]
         healed_at = _heal_start(samples, started, config.heal_window_s)
         if healed_at is not None and time.monotonic() - healed_at >= config.heal_window_s:
@@ -711,6 +715,8 @@ def _inject(stack: Stack, fault: Fault, result: FaultResult, config: ChaosConfig
     result.failed = Counter(_outcome(s) for s in samples if not s.ok)
     if healed_at is not None and ended - healed_at >= config.heal_window_s:
         result.heal_s = max(0.0, healed_at - started)
+        if fault.needs_new_version and new_version_at is not None:  # the trainer is back
+            result.heal_s = max(result.heal_s, new_version_at - started)
     result.checks["versions"] = f"{version_before}->{stack.latest()}"
 
 
