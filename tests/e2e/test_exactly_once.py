@@ -115,8 +115,17 @@ def test_every_valid_shard_trained_exactly_once_across_kills(ray_local, tmp_path
             _until(lambda have=have: versions() > have, 240, "the trainer to publish a version")
             time.sleep(rng.uniform(0.0, 1.5))  # the random moment (not waiting for anything)
             if what == "worker":
-                pids = _alive_train_workers(ray_local.gcs_address)
-                assert pids, "no training worker to kill"
+                # the worker group may be between two lives (a restart after the last kill,
+                # Ray Train's own retry): wait for one that is alive, with a deadline
+                found: list[int] = []
+                _until(
+                    lambda found=found: (
+                        found.extend(_alive_train_workers(ray_local.gcs_address)) or found
+                    ),
+                    120,
+                    "a live training worker to kill",
+                )
+                pids = found
                 os.kill(rng.choice(pids), signal.SIGKILL)
                 kills["worker"] += 1
             else:
