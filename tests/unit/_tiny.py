@@ -8,6 +8,7 @@ from freshrank.events.simulator import Simulator, SimulatorConfig
 from freshrank.features.encode import FeatureConfig, encode
 from freshrank.model.config import RankerConfig
 from freshrank.model.ranker import Ranker
+from freshrank.registry import save_checkpoint
 
 FEATURES = FeatureConfig(
     user_buckets=64,
@@ -41,3 +42,18 @@ def _model(seed: int = 0) -> Ranker:
 
 def _val(t: torch.Tensor) -> float:
     return float(t.detach())
+
+
+def _publish(reg, seed: int, embedding_dim: int = 2) -> int:
+    """Publish a small real version through `save_checkpoint` (weights of a default-feature
+    ranker, one row table, a minimal manifest); returns its number."""
+    config = RankerConfig(embedding_dim=embedding_dim)
+    torch.manual_seed(seed)
+    return save_checkpoint(
+        reg,
+        config,
+        Ranker(config).state_dict(),
+        None,
+        {"rank0/rows/item": np.arange(3)},
+        {"cursor": seed, "watermark": 1.0, "metrics": {"loss": 0.5}, "events_trained": 1},
+    ).version

@@ -5,14 +5,11 @@ import os
 import threading
 import time
 
-import numpy as np
 import pytest
-import torch
+from _tiny import _publish as publish_tiny
 
 from freshrank.core.telemetry import Telemetry
-from freshrank.model.config import RankerConfig
-from freshrank.model.ranker import Ranker
-from freshrank.registry import Registry, save_checkpoint
+from freshrank.registry import Registry
 from freshrank.registry.checkpoint import (
     load_serving_model,
     serving_fallbacks,
@@ -239,19 +236,9 @@ def test_the_fallback_gauge_follows_the_status():
 
 # ----- a real registry -------------------------------------------------------------------------
 
-CFG = RankerConfig(embedding_dim=4)
-
 
 def _publish(reg, seed):
-    torch.manual_seed(seed)
-    return save_checkpoint(
-        reg,
-        CFG,
-        Ranker(CFG).state_dict(),
-        None,
-        {"rank0/rows/item": np.arange(3)},
-        {"cursor": seed, "watermark": 1.0, "metrics": {"loss": 0.5}, "events_trained": 1},
-    ).version
+    return publish_tiny(reg, seed, embedding_dim=4)
 
 
 def _until(cond, timeout_s=10.0):

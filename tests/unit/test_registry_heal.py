@@ -6,29 +6,16 @@ import errno
 import logging
 import os
 
-import numpy as np
 import pytest
-import torch
+from _tiny import _publish as publish_tiny
 
 from freshrank.apps.registry_cli import add_registry_commands
-from freshrank.model.config import RankerConfig
-from freshrank.model.ranker import Ranker
-from freshrank.registry import Registry, UnreadablePointer, save_checkpoint
+from freshrank.registry import Registry, UnreadablePointer
 from freshrank.registry import promotion_log as plog
-
-CFG = RankerConfig(embedding_dim=2)
 
 
 def _save(reg, cursor):
-    torch.manual_seed(cursor)
-    return save_checkpoint(
-        reg,
-        CFG,
-        Ranker(CFG).state_dict(),
-        None,
-        {"rank0/rows/item": np.arange(3)},
-        {"cursor": cursor, "watermark": 1.0, "metrics": {"loss": 0.5}, "events_trained": 1},
-    ).version
+    return publish_tiny(reg, cursor)
 
 
 @pytest.fixture
