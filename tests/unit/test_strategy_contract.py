@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
-from _tiny import FEATURES, MODEL
+from _tiny import FEATURES, MODEL, _one_thread  # noqa: F401 (fixture)
 from experimental_strategies import (
     AnchorConfig,
     AverageConfig,
@@ -85,15 +85,6 @@ def _unseen_window() -> dict[str, np.ndarray]:
         values = pc.binary_join_element_wise(prefix, table.column(column), "")
         table = table.set_column(idx, column, values)
     return encode(table, FEATURES)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread is much faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(seed: int = 0) -> Ranker:
