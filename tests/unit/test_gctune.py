@@ -15,7 +15,10 @@ def test_tune_freezes_raises_and_restores():
     try:
         assert gc.get_threshold() == (12_345, *before[1:]) == state.thresholds
         assert state.previous_thresholds == before
-        assert state.frozen == gc.get_freeze_count() > 1000  # the interpreter, pytest, pydantic
+        # the interpreter, pytest, pydantic; a frozen object freed since (by a thread that a
+        # previous test left, say) leaves the permanent generation, so the count may only drop
+        frozen_now = gc.get_freeze_count()
+        assert state.frozen > 1000 and 0 <= state.frozen - frozen_now < 100
         # a request's worth of short-lived containers no longer triggers a collection
         collections = gc.get_stats()[0]["collections"]
         junk = [{"item_id": str(i), "score": float(i)} for i in range(5000)]
