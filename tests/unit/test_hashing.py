@@ -61,3 +61,20 @@ def test_spread_is_near_uniform():
 def test_bad_bucket_count():
     with pytest.raises(ValueError, match="buckets must be >= 2"):
         hash_buckets(["a"], "x", 1)
+
+
+def test_hash_keys_are_the_blake2b_hash_on_every_input_kind():
+    from freshrank.features.hashing import MISSING_KEY, hash_keys, key_of
+
+    values = ["a", None, "ünï", "", "a" * 5000, "a"]
+    want = [MISSING_KEY if not v else stable_hash64(v, "item") for v in values]
+    assert [key_of(v, "item") for v in values] == want
+    assert hash_keys(values, "item").tolist() == want
+    assert hash_keys(pa.array(values), "item").tolist() == want
+    assert hash_keys(pa.array(values, pa.large_string()), "item").tolist() == want
+    assert hash_keys(pa.chunked_array([values[:2], values[2:]]), "item").tolist() == want
+    assert hash_keys(np.array(["a", "ünï"]), "item").tolist() == [want[0], want[2]]
+    out = hash_keys(pa.array([], pa.string()), "item")
+    assert out.dtype == np.uint64 and len(out) == 0
+    assert hash_keys(values, "item").dtype == np.uint64
+    assert hash_keys(["a"], "user")[0] != hash_keys(["a"], "item")[0]

@@ -10,6 +10,10 @@ categories, brands, a user's searches), and a hit costs a tenth of a BLAKE2b has
 hundreds of ids per request) keeps one plain dict per (salt, buckets), looked up from C
 (~0.04 us per id instead of ~0.15 us through the LRU's key tuple) and emptied when full. The
 memos only remember results; every value still maps to the same bucket.
+
+:func:`hash_keys` (and :func:`key_of` for one id) give the id itself as a uint64 key, for the
+collisionless id tables of :mod:`freshrank.features.idtable`: the same BLAKE2b hash, no modulo,
+``MISSING_KEY`` (0) for null or empty, memoised the same way.
 """
 
 from __future__ import annotations
@@ -135,5 +139,86 @@ def hash_buckets(
         idx = np.asarray(pc.fill_null(indices, 0).to_numpy(), dtype=np.int64)
         out = table[idx] if len(table) else np.zeros(len(idx), dtype=np.int64)
         out[np.asarray(indices.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = 0
+        return out
+    return table[np.asarray(indices.to_numpy(), dtype=np.int64)]
+
+
+MISSING_KEY = 0
+"""The key of a missing (null or empty) id; a real id hashes to it with probability 2^-64."""
+
+
+def _key_uncached(value: str | None, salt: str) -> int:
+    if value is None or value == "":
+        return MISSING_KEY
+    return stable_hash64(value, salt)
+
+
+_key = functools.lru_cache(maxsize=BUCKET_CACHE_SIZE)(_key_uncached)
+"""``_key_uncached`` memoised: what :func:`key_of` and :func:`hash_keys` on Arrow call."""
+
+
+def key_of(value: str | None, salt: str) -> int:
+    """The uint64 key of one id: :func:`stable_hash64`, or ``MISSING_KEY`` for missing.
+
+    >>> key_of("abc", "") == stable_hash64("abc")
+    True
+    >>> key_of(None, "item"), key_of("", "item")
+    (0, 0)
+    """
+    return _key(value, salt)
+
+
+class _KeyMemo(dict):
+    """value -> key for one salt; a miss hashes (``dict.__missing__``), emptied when full."""
+
+    def __init__(self, salt: str) -> None:
+        super().__init__()
+        self.salt = salt
+
+    def __missing__(self, value: str | None) -> int:
+        if len(self) >= BUCKET_CACHE_SIZE:
+            self.clear()
+        key = self[value] = _key_uncached(value, self.salt)
+        return key
+
+
+_KEY_MEMOS: dict[str, _KeyMemo] = {}
+
+
+def hash_keys(
+    values: pa.Array | pa.ChunkedArray | np.ndarray | Sequence[str | None], salt: str
+) -> np.ndarray:
+    """:func:`key_of` of each value, as uint64 of the same length.
+
+    An Arrow column is dictionary-encoded (each distinct value hashed once); a Python sequence
+    or a numpy string array goes through a per-salt dict memo, as :func:`buckets_of` does.
+
+    >>> hash_keys(["abc", None, "abc", ""], "").tolist() == [stable_hash64("abc"), 0,
+    ...     stable_hash64("abc"), 0]
+    True
+    >>> hash_keys(pa.array(["abc", None]), "").tolist() == hash_keys(["abc", None], "").tolist()
+    True
+    """
+    if not isinstance(values, pa.Array | pa.ChunkedArray):
+        seq = values.tolist() if isinstance(values, np.ndarray) else values
+        memo = _KEY_MEMOS.get(salt)
+        if memo is None:
+            memo = _KEY_MEMOS.setdefault(salt, _KeyMemo(salt))
+        return np.fromiter(map(memo.__getitem__, seq), np.uint64, len(seq))
+    arr = values
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
+        arr = pc.cast(arr, pa.string())
+    encoded = pc.dictionary_encode(arr)
+    dictionary = encoded.dictionary.to_pylist()
+    table = np.fromiter(map(_key, dictionary, [salt] * len(dictionary)), np.uint64, len(dictionary))
+    indices = encoded.indices
+    if indices.null_count:
+        idx = np.asarray(pc.fill_null(indices, 0).to_numpy(), dtype=np.int64)
+        out = table[idx] if len(table) else np.zeros(len(idx), dtype=np.uint64)
+        out[np.asarray(indices.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = MISSING_KEY
         return out
     return table[np.asarray(indices.to_numpy(), dtype=np.int64)]
