@@ -157,6 +157,18 @@ def test_free_rows_are_used_before_anyone_is_evicted():
     assert u.admitted_rows.tolist() == u.recycled_rows.tolist() == [3]
 
 
+def test_newcomers_fill_the_free_rows_then_compete_for_the_rest():
+    t = IdTable(IdTableConfig(capacity=4, fallback_rows=1, eviction="lfu"))
+    t.observe(_keys(1, 1, 1, 2, 3, 3), window=0)  # 1: 3 sightings, 2: 1, 3: 2; one row free
+    u = t.observe(_keys(7, 7, 8, 8, 9, 9, 9), window=1)
+    # best first: 9 (3) takes the free row; 7 and 8 (2, now) compete for the two worst:
+    # 2 (1, window 0) loses to 7; 3 (2, window 0) loses to 8 (2, window 1)
+    assert u.admitted_keys.tolist() == [9, 7, 8]
+    assert u.admitted_rows[0] == 4 and sorted(u.evicted_keys.tolist()) == [2, 3]
+    assert sorted(u.recycled_rows.tolist()) == sorted(u.admitted_rows[1:].tolist()) == [2, 3]
+    assert t.keys().tolist() == [1, 7, 8, 9] and u.stats.fallback == 0
+
+
 # -- expiry ---------------------------------------------------------------------------------
 
 
@@ -432,8 +444,9 @@ def test_bad_keys_and_windows_are_refused():
         t.lookup([-1])
     with pytest.raises(IdTableError, match="keys must be uint64"):
         t.observe(["a"], window=0)
-    with pytest.raises(IdTableError, match="window must be an int >= 0"):
-        t.observe(_keys(1), window=-1)
+    for bad in (-1, 2**31, 1.0, True):
+        with pytest.raises(IdTableError, match=r"window must be an int in \[0, 2\*\*31\)"):
+            t.observe(_keys(1), window=bad)
     t.observe(_keys(1), window=5)
     with pytest.raises(IdTableError, match="window 4 is before the last observed window 5"):
         t.observe(_keys(1), window=4)
@@ -446,3 +459,11 @@ def test_numpy_numbers_in_a_config_become_plain_json_numbers():
     c = IdTableConfig(capacity=np.int64(5), expire_after_s=np.float32(2.5))
     assert json.loads(json.dumps(c.to_dict()))["capacity"] == 5
     assert type(c.capacity) is int and type(c.expire_after_s) is float
+
+
+def test_an_id_seen_in_the_window_and_evicted_by_it_counts_as_fallback():
+    t = IdTable(IdTableConfig(capacity=1, fallback_rows=2))
+    t.observe(_keys(5), window=0)
+    u = t.observe(_keys(5, 9, 9, 9), window=1)  # 9 (3 sightings) outranks 5 (2)
+    assert u.evicted_keys.tolist() == [5] and u.admitted_keys.tolist() == [9]
+    assert (u.stats.observed, u.stats.fallback) == (4, 1)

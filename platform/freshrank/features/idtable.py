@@ -123,15 +123,18 @@ def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _score(policy: str, freq: np.ndarray, last_w: np.ndarray, window: int) -> np.ndarray:
-    """One int64 per id, higher = more worth keeping (LFU: frequency first; LRU: recency)."""
-    f = np.minimum(freq, _LIM)
-    recent = np.subtract(window, last_w)
-    np.minimum(recent, _LIM, out=recent)
-    np.subtract(_LIM, recent, out=recent)
-    hi, lo = (f, recent) if policy == "lfu" else (recent, f)
-    hi <<= 32
-    hi |= lo
-    return hi
+    """One int64 per id, higher = more worth keeping: LFU ``(frequency, recency)``, LRU
+    ``(recency, frequency)`` packed in 31 + 32 bits (recency ``_LIM - age``: windows < 2**31)."""
+    if policy == "lfu":
+        score = np.minimum(freq, _LIM)
+        score <<= 32
+        score += last_w
+        score += _LIM - window
+        return score
+    score = last_w + (_LIM - window)
+    score <<= 32
+    score += np.minimum(freq, _LIM)
+    return score
 
 
 def _smallest(score: np.ndarray, keys: np.ndarray, k: int, ordered: bool = True) -> np.ndarray:
@@ -142,8 +145,9 @@ def _smallest(score: np.ndarray, keys: np.ndarray, k: int, ordered: bool = True)
     if k < n:
         cut = np.partition(score, k - 1)[k - 1]
         below = np.flatnonzero(score < cut)
-        tied = np.flatnonzero(score == cut)
-        tied = tied[np.argsort(keys[tied], kind="stable")[: k - len(below)]]
+        tied, need = np.flatnonzero(score == cut), k - len(below)
+        if need < len(tied):  # the smallest keys of the tie (keys are unique: no more ties)
+            tied = tied[np.argpartition(keys[tied], need - 1)[:need]]
         idx = np.concatenate([below, tied])
     else:
         idx = np.arange(n)
@@ -263,8 +267,12 @@ class IdTable:
         its stats. ``now_s`` (event time) is needed when ``expire_after_s`` is set.
         """
         cfg = self.config
-        if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 0:
-            raise IdTableError(f"window must be an int >= 0, got {window!r}")
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, int | np.integer)
+            or not 0 <= window <= _LIM
+        ):
+            raise IdTableError(f"window must be an int in [0, 2**31), got {window!r}")
         window = int(window)
         if window < self.window:
             raise IdTableError(f"window {window} is before the last observed window {self.window}")
@@ -311,7 +319,10 @@ class IdTable:
         self._update_map(np.concatenate([expired_keys, evicted_keys]), admitted_keys, target_rows)
         self._settle_candidates(drop, appended_at)  # 4. bounded, sorted by key again
 
-        fallback = int(counts[~_find(self._map_keys, uniq)[1]].sum())
+        # sightings whose id has no row now: not admitted before nor now, or evicted now
+        removed = np.sort(evicted_keys)
+        owned = (hit & ~_find(removed, uniq)[1]) | _find(np.sort(admitted_keys), uniq)[1]
+        fallback = int(counts[~owned].sum())
         self._counters[1:] += (
             len(admitted_keys),
             len(evicted_keys),
@@ -368,15 +379,16 @@ class IdTable:
         )
         order = _smallest(-score, cand["cand_key"][eligible], want)
         best, score = eligible[order], score[order]
-        free = np.flatnonzero(row["row_key"] == MISSING_KEY)[:want]
+        is_free = row["row_key"] == MISSING_KEY
+        free = np.flatnonzero(is_free)[:want]
         victims = none
-        if len(best) > len(free):
-            occ = np.flatnonzero(row["row_key"] != MISSING_KEY)
-            kept = _score(cfg.eviction, row["row_freq"][occ], row["row_last_window"][occ], window)
-            worst = _smallest(kept, row["row_key"][occ], min(len(best) - len(free), len(occ)))
+        if len(best) > len(free):  # every free row is taken: the rest compete for rows
+            kept = _score(cfg.eviction, row["row_freq"], row["row_last_window"], window)
+            kept[is_free] = np.iinfo(np.int64).max  # never a victim
+            k = min(len(best) - len(free), cfg.capacity - int(np.count_nonzero(is_free)))
+            worst = _smallest(kept, row["row_key"], k)
             wins = score[len(free) : len(free) + len(worst)] > kept[worst]
-            n = len(wins) if wins.all() else int(np.argmin(wins))
-            victims = occ[worst[:n]]
+            victims = worst[: len(wins) if wins.all() else int(np.argmin(wins))]
         taken = len(free) + len(victims)
         return best[:taken], np.concatenate([free, victims]), victims
 
