@@ -95,11 +95,13 @@ def test_stats_count_the_window_and_reset_on_the_next():
     s = t.observe(_keys(1, 1, 2, 3), window=0).stats
     assert (s.window, s.occupancy, s.admissions, s.observed, s.fallback) == (0, 1, 1, 4, 2)
     assert s.fallback_rate == 0.5 and s.candidates == 2 and s.fill == 0.5
-    s = t.observe(_keys(2, 9), window=0).stats  # same window: adds up
-    assert (s.admissions, s.observed, s.fallback, s.occupancy) == (2, 6, 3, 2)
-    s = t.observe(_keys(1), window=3).stats
-    assert (s.window, s.admissions, s.observed, s.fallback) == (3, 0, 1, 0)
-    assert t.stats() == s
+    assert s.hits == 0 and s.hit_rate == 0.0  # nobody had a row before
+    s = t.observe(_keys(2, 9, 1), window=0).stats  # same window: adds up
+    assert (s.admissions, s.observed, s.fallback, s.occupancy, s.hits) == (2, 7, 3, 2, 1)
+    s = t.observe(_keys(1, 2, 9), window=3).stats
+    assert (s.window, s.admissions, s.observed, s.fallback, s.hits) == (3, 0, 3, 1, 2)
+    assert s.hit_rate == 2 / 3 and t.stats() == s
+    assert s.candidates == 2 and t.nbytes == 2 * 32 + 2 * 16 + 2 * 32  # rows, map, candidates
 
 
 # -- eviction -------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ _CAND_ARRAYS = {
     "cand_last_window": np.int64,
     "cand_last_time": np.float64,
 }
-_COUNTERS = ("window", "admissions", "evictions", "expiries", "observed", "fallback")
+_COUNTERS = ("window", "admissions", "evictions", "expiries", "observed", "fallback", "hits")
 
 
 def _as_keys(keys: Any) -> np.ndarray:
@@ -196,7 +196,7 @@ class IdTable:
         self._row = {n: np.zeros(c, d) for n, d in _ROW_ARRAYS.items()}
         self._row["row_last_time"][:] = np.nan
         self._cand = {n: np.zeros(0, d) for n, d in _CAND_ARRAYS.items()}
-        self._counters = np.array([-1, 0, 0, 0, 0, 0], np.int64)
+        self._counters = np.array([-1, 0, 0, 0, 0, 0, 0], np.int64)
         self._map_keys, self._map_rows = _EMPTY_KEYS, _EMPTY_ROWS
 
     # -- reading ---------------------------------------------------------------------------
@@ -214,6 +214,12 @@ class IdTable:
     def window(self) -> int:
         """The window of the last :meth:`observe` (-1 before the first)."""
         return int(self._counters[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the table's arrays (rows, candidates, the key -> row map)."""
+        arrays = [*self._row.values(), *self._cand.values(), self._map_keys, self._map_rows]
+        return sum(a.nbytes for a in arrays)
 
     def keys(self) -> np.ndarray:
         """The admitted keys, sorted (a copy)."""
@@ -246,18 +252,9 @@ class IdTable:
 
     def stats(self) -> TableStats:
         """The current window's :class:`TableStats` so far."""
-        w, adm, ev, ex, obs, fb = (int(v) for v in self._counters)
-        return TableStats(
-            w,
-            self.occupancy,
-            self.config.capacity,
-            len(self._cand["cand_key"]),
-            adm,
-            ev,
-            ex,
-            obs,
-            fb,
-        )
+        w, *counts = (int(v) for v in self._counters)
+        size = (self.occupancy, self.config.capacity, len(self._cand["cand_key"]))
+        return TableStats(w, *size, *counts)
 
     # -- updating --------------------------------------------------------------------------
     def observe(self, keys: Any, window: int, now_s: float | None = None) -> TableUpdate:
@@ -285,7 +282,7 @@ class IdTable:
             if not math.isfinite(now):
                 raise IdTableError(f"now_s must be finite, got {now_s!r}")
         if window != self.window:
-            self._counters[:] = (window, 0, 0, 0, 0, 0)
+            self._counters[:] = (window, 0, 0, 0, 0, 0, 0)
         flat = _as_keys(keys).reshape(-1)
         uniq, counts = np.unique(flat[flat != MISSING_KEY], return_counts=True)
         counts = counts.astype(np.int64)
@@ -329,6 +326,7 @@ class IdTable:
             len(expired_keys),
             int(counts.sum()),
             fallback,
+            int(counts[hit].sum()),
         )
         recycled = np.union1d(expired_rows, victims).astype(np.int64) + fb
         return TableUpdate(

@@ -111,7 +111,9 @@ class TableStats:
     """One window of an id table, so far (``observe`` calls of the window add up).
 
     ``observed`` counts the non-missing key occurrences observed in the window, ``fallback`` those
-    whose id had a fallback row once the observe that saw them was done.
+    whose id had a fallback row once the observe that saw them was done (what training then looks
+    up), ``hits`` those whose id already had a row of its own when it was observed (what a
+    lookup before the window gave: serving's view).
     """
 
     window: int
@@ -123,11 +125,17 @@ class TableStats:
     expiries: int
     observed: int
     fallback: int
+    hits: int
 
     @property
     def fallback_rate(self) -> float:
         """Fraction of the observed occurrences that got a fallback row (0.0 if none)."""
         return self.fallback / self.observed if self.observed else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Fraction of the observed occurrences whose id had its own row before (0.0 if none)."""
+        return self.hits / self.observed if self.observed else 0.0
 
     @property
     def fill(self) -> float:
