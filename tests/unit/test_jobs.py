@@ -238,3 +238,20 @@ def test_simulate_metrics_port_is_optional_and_typed():
     assert args.metrics_port is None
     args = build_parser().parse_args(["simulate", "--landing-path", "/l", "--metrics-port", "0"])
     assert args.metrics_port == 0
+
+
+def test_train_takes_placement_and_worker_resources():
+    from freshrank.learn.config import TrainConfig
+
+    argv = ["train", "--landing", "l", "--registry", "r", "--placement-strategy", "STRICT_SPREAD"]
+    args = build_parser().parse_args([*argv, "--resources-per-worker", '{"CPU": 1, "slot": 1}'])
+    config = cli.dataclass_from_args(TrainConfig, args)
+    assert config.placement_strategy == "STRICT_SPREAD"
+    assert config.resources_per_worker == {"CPU": 1.0, "slot": 1.0}
+    default = cli.dataclass_from_args(TrainConfig, build_parser().parse_args(argv[:5]))
+    assert (default.placement_strategy, default.resources_per_worker) == ("PACK", None)
+    for bad in (["--placement-strategy", "EVERYWHERE"], ["--resources-per-worker", "[1]"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*argv[:5], *bad])
+    with pytest.raises(SystemExit):  # valid JSON, invalid amount: the config's error, no trace
+        cli.main([*argv[:5], "--resources-per-worker", '{"CPU": -1}'])

@@ -109,3 +109,74 @@ def test_bad_data_bounds_are_checked_with_the_field_named(field, value, message)
     with pytest.raises(ValueError, match=re.escape(message)):
         TrainConfig("l", "r", **{field: value})
     assert TrainConfig("l", "r", max_rows_per_window=None, max_future_skew_s=None)
+
+
+def test_placement_and_worker_resources_are_checked_and_kept_as_floats():
+    cfg = TrainConfig("l", "r", placement_strategy="STRICT_SPREAD", resources_per_worker={"CPU": 1})
+    assert cfg.placement_strategy == "STRICT_SPREAD"
+    assert cfg.resources_per_worker == {"CPU": 1.0}
+    assert isinstance(cfg.resources_per_worker["CPU"], float)
+    assert TrainConfig("l", "r").placement_strategy == "PACK"
+    assert TrainConfig("l", "r").resources_per_worker is None
+    source = {"CPU": 1, "train_slot": 0.5}
+    kept = TrainConfig("l", "r", resources_per_worker=source).resources_per_worker
+    source["CPU"] = 8  # the config holds its own copy
+    assert kept == {"CPU": 1.0, "train_slot": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"placement_strategy": "spread"}, "placement_strategy must be one of PACK, SPREAD"),
+        ({"resources_per_worker": {}}, "resources_per_worker must be a non-empty mapping"),
+        ({"resources_per_worker": [("CPU", 1)]}, "resources_per_worker must be a non-empty"),
+        ({"resources_per_worker": {"CPU": -1}}, r"resources_per_worker\['CPU'\] must be finite"),
+        ({"resources_per_worker": {"CPU": float("nan")}}, "must be finite and >= 0"),
+        ({"resources_per_worker": {"CPU": "1"}}, r"resources_per_worker\['CPU'\] must be a num"),
+        ({"resources_per_worker": {"CPU": True}}, "must be a number"),
+        ({"resources_per_worker": {1: 1.0}}, "resources_per_worker names must be strings"),
+        ({"resources_per_worker": {"GPU": 1}}, "asks for a GPU but use_gpu is False"),
+    ],
+)
+def test_bad_placement_options_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig("l", "r", **kwargs)
+
+
+def test_the_ray_scaling_config_gets_the_placement(monkeypatch, tmp_path):
+    """run_training hands placement and resources to Ray Train's ScalingConfig (the v2 one)."""
+    import ray.train
+    import ray.train.torch
+
+    import freshrank.learn.train as train
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(*_args, scaling_config, **_kw):
+        seen["scaling"] = scaling_config
+        raise Stop
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", fake_trainer)
+    config = TrainConfig(
+        str(tmp_path / "l"),
+        str(tmp_path / "r"),
+        placement_strategy="STRICT_SPREAD",
+        resources_per_worker={"CPU": 1, "train_slot": 1},
+    )
+    with pytest.raises(Stop):
+        train.run_training(config)
+    scaling = seen["scaling"]
+    from ray.train.v2.api.config import ScalingConfig as V2ScalingConfig
+
+    assert isinstance(scaling, ray.train.ScalingConfig)
+    assert isinstance(scaling, V2ScalingConfig)  # Ray Train v2 is on in Ray 2.60
+    assert scaling.placement_strategy == "STRICT_SPREAD"
+    assert scaling.resources_per_worker == {"CPU": 1.0, "train_slot": 1.0}
+    assert scaling.num_workers == 2
+    with pytest.raises(Stop):
+        train.run_training(TrainConfig(str(tmp_path / "l"), str(tmp_path / "r")))
+    assert seen["scaling"].placement_strategy == "PACK"
+    assert seen["scaling"].resources_per_worker is None

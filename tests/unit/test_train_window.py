@@ -173,3 +173,33 @@ def test_an_unreadable_champion_does_not_stop_the_worker_loop(
     # v2 was judged against "no champion" on the third window and promoted: the pointer heals.
     assert registry.read_pointer("CHAMPION") == 2
     assert registry.promotions()[-1]["kind"] == "promoted"
+
+
+def test_the_version_records_every_rank_and_may_not_be_overwritten(trainer):
+    """What rank 0 publishes after the ranks' digests agreed: one digest and node per rank."""
+    from freshrank.learn.consistency import RankState, check_ranks, state_digest
+
+    landing, registry, w, _policy, _gate = trainer
+    feed = ShardFeed(landing, max_shards=1)
+    progress = WindowProgress.from_state(None)
+    window = feed.poll()
+    report = train._train_window(train._Plan(window, None, None), w, None)
+    digest = state_digest(w.core)
+    ranks = check_ranks([RankState(digest, "node-a"), RankState(digest, "node-b")], 1)
+    parts = [train._numpy_state(w.strategy.state_dict())]
+    with pytest.raises(ValueError, match=r"may not replace manifest fields \['cursor'\]"):
+        checkpoint_window(
+            registry, window, report, w.core, w.optimizer, parts, None, progress,
+            extra_manifest={**ranks, "cursor": 99},
+        )  # fmt: skip
+    assert registry.list_versions() == [] and progress.version is None
+    info = checkpoint_window(
+        registry, window, report, w.core, w.optimizer, parts, None, progress, extra_manifest=ranks
+    )
+    manifest = registry.get(info.version).manifest
+    assert manifest["rank_digests"] == [digest, digest]
+    assert manifest["rank_nodes"] == ["node-a", "node-b"]
+    # The weights a replica loads are the ones that were hashed.
+    from freshrank.registry.checkpoint import load_serving_model
+
+    assert state_digest(load_serving_model(registry, info.version).model) == digest

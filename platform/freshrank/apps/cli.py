@@ -77,6 +77,25 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> An
     return cls(**values, **extra)
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """A flag's JSON object (e.g. ``--resources-per-worker '{"CPU": 1}'``).
+
+    >>> json_object('{"CPU": 1, "train_slot": 1}')
+    {'CPU': 1, 'train_slot': 1}
+    >>> json_object("[1]")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a JSON object, got '[1]'
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def _scalar_type(hint: Any) -> tuple[type | None, bool]:
     """``(type, optional)`` of a field that becomes a flag; ``(None, False)`` when it cannot.
 
@@ -361,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
         "on SIGTERM (`ray job stop`) after checkpointing the window it is on; prints a summary.",
     )
     add_dataclass_options(train, TrainConfig)
+    train.add_argument(
+        "--resources-per-worker",
+        type=json_object,
+        default=None,
+        metavar="JSON",
+        help=f"{_field_doc(TrainConfig, 'resources_per_worker')} (a JSON object; default: None)",
+    )
     train.add_argument(
         "--address",
         default=None,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from freshrank.learn.strategies import (
     CombinedConfig,
@@ -16,6 +19,11 @@ from freshrank.registry.promotion import PromotionMode
 
 PROMOTION_MODES: tuple[str, ...] = tuple(m.value for m in PromotionMode)
 """How the trainer promotes the versions it writes (see ``TrainConfig.promotion``)."""
+
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+"""Ray placement-group strategies for the trainer's workers (``TrainConfig.placement_strategy``)."""
+
+PLACEMENT_STRATEGIES: tuple[str, ...] = get_args(PlacementStrategy)
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,12 @@ class TrainConfig:
     """Registry directory where versions and the champion pointer live."""
     num_workers: int = 2
     use_gpu: bool = False
+    placement_strategy: PlacementStrategy = "PACK"
+    """How Ray places the workers' bundles: PACK (as few nodes as possible), SPREAD (as many as
+    possible), STRICT_PACK (one node or none), STRICT_SPREAD (one worker per node, or none)."""
+    resources_per_worker: Mapping[str, float] | None = None
+    """Ray resources each worker reserves, e.g. {"CPU": 1, "train_slot": 1} (None: one CPU, or
+    one GPU with use_gpu). It replaces the default: name CPU to keep one."""
     batch_size: int = 512
     """New rows per worker per step; replay rows come on top (``replay_ratio`` of them)."""
     learning_rate: float = 0.02
@@ -104,6 +118,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ValueError(
+                f"placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
+                f"got {self.placement_strategy!r}"
+            )
+        if self.resources_per_worker is not None:
+            object.__setattr__(self, "resources_per_worker", self._checked_resources())
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.learning_rate > 0:
@@ -152,6 +173,29 @@ class TrainConfig:
                 )
         if self.max_windows is not None and self.max_windows < 1:
             raise ValueError(f"max_windows must be >= 1 or None, got {self.max_windows}")
+
+    def _checked_resources(self) -> dict[str, float]:
+        """``resources_per_worker`` as a plain dict of floats, or ValueError naming the field."""
+        resources = self.resources_per_worker
+        if not isinstance(resources, Mapping) or not resources:
+            raise ValueError(
+                "resources_per_worker must be a non-empty mapping of resource name to amount "
+                f"or None, got {resources!r}"
+            )
+        checked: dict[str, float] = {}
+        for name, amount in resources.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"resources_per_worker names must be strings, got {name!r}")
+            if isinstance(amount, bool) or not isinstance(amount, int | float):
+                raise ValueError(f"resources_per_worker[{name!r}] must be a number, got {amount!r}")
+            if not (math.isfinite(amount) and amount >= 0):
+                raise ValueError(
+                    f"resources_per_worker[{name!r}] must be finite and >= 0, got {amount}"
+                )
+            checked[name] = float(amount)
+        if checked.get("GPU", 0) > 0 and not self.use_gpu:
+            raise ValueError("resources_per_worker asks for a GPU but use_gpu is False")
+        return checked
 
     def strategy_config(self) -> StrategyConfig:
         """The typed strategy config: ``strategy`` parsed, replay parts sized by this config.

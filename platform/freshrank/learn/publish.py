@@ -6,6 +6,7 @@ the window's Prometheus series. Promotion is decided afterwards by the promotion
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,7 @@ def checkpoint_window(
     drift: DriftMonitor | None,
     progress: WindowProgress,
     extra_files: dict[str, bytes] | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
 ) -> VersionInfo:
     """Rank 0: publish the window's version (promotion is decided by the caller).
 
@@ -102,7 +104,9 @@ def checkpoint_window(
     ``window_events`` (trained) + ``rows_dropped`` (a required field missing) +
     ``rows_out_of_time`` + ``rows_duplicate``, the windows skipped in between included (listed
     under ``skipped``). The watermark is the latest event time trained, never later than now.
-    ``extra_files`` go into the version beside the others (e.g. the de-duplication memory).
+    ``extra_files`` go into the version beside the others (e.g. the de-duplication memory);
+    ``extra_manifest`` fields into its manifest (e.g. every rank's digest and node), never
+    replacing one of the fields above (ValueError).
     """
     if report.rows != window.rows_valid:
         raise RuntimeError(
@@ -141,6 +145,10 @@ def checkpoint_window(
         "world_size": len(strategy_parts),
         "trained_at": report.trained_at,
     }
+    clash = sorted(set(extra_manifest or {}) & set(manifest))
+    if clash:
+        raise ValueError(f"extra_manifest may not replace manifest fields {clash}")
+    manifest.update(extra_manifest or {})
     strategy_state: dict[str, np.ndarray] = {}
     for r, part in enumerate(strategy_parts):
         strategy_state.update({f"rank{r}/{k}": v for k, v in part.items()})

@@ -36,6 +36,7 @@ from freshrank.features.encode import FeatureConfig, num_rows
 from freshrank.features.reading import read_shards
 from freshrank.learn.collectives import all_gather, all_reduce_sum, broadcast, rank_world
 from freshrank.learn.config import TrainConfig
+from freshrank.learn.consistency import check_ranks, rank_state
 from freshrank.learn.dedup import SEEN_EVENTS_FILE, SeenEvents
 from freshrank.learn.feed import ShardFeed, Window
 from freshrank.learn.gating import ChampionScorer, GateJudge, say
@@ -100,7 +101,12 @@ def run_training(config: TrainConfig) -> TrainSummary:
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"config": config},
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            placement_strategy=config.placement_strategy,
+            resources_per_worker=dict(config.resources_per_worker or {}) or None,
+        ),
         torch_config=TorchConfig(backend=backend_for(config.use_gpu)),
         run_config=RunConfig(
             name="freshrank-trainer",
@@ -250,6 +256,7 @@ def _consume_windows(config: TrainConfig, beat: TrainerHeartbeat | None) -> None
         if plan.challenger is not None:
             pending = None  # judged now, or superseded by the version this window makes
         strategy_parts = all_gather(_numpy_state(strategy.state_dict()))
+        ranks = all_gather(rank_state(core))  # every rank's state digest and node
         if rank == 0 and not fenced:
             try:
                 control.check(epoch)
@@ -257,6 +264,7 @@ def _consume_windows(config: TrainConfig, beat: TrainerHeartbeat | None) -> None
                 say(str(exc))
                 fenced = True
             else:
+                ranks_agree = check_ranks(ranks, progress.windows + 1)  # diverged: raises
                 seen = npz_bytes(feed.seen_after(plan.window).state_dict())
                 info = checkpoint_window(
                     registry,
@@ -268,6 +276,7 @@ def _consume_windows(config: TrainConfig, beat: TrainerHeartbeat | None) -> None
                     drift,
                     progress,
                     extra_files={SEEN_EVENTS_FILE: seen},
+                    extra_manifest=ranks_agree,
                 )
                 feed.commit(plan.window)
                 pending = policy.after_checkpoint(info)
