@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -122,23 +122,37 @@ def hash_buckets(
     arr = (
         values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, pa.string())
     )
+
+    def bucket_all(dictionary: list[str | None]) -> np.ndarray:
+        k = len(dictionary)
+        return np.fromiter(
+            map(_bucket, dictionary, [salt] * k, [buckets] * k), dtype=np.int64, count=k
+        )
+
+    return _map_distinct(arr, bucket_all, np.int64, 0)
+
+
+def _map_distinct(
+    arr: pa.Array | pa.ChunkedArray,
+    map_values: Callable[[list[str | None]], np.ndarray],
+    dtype: type[np.integer],
+    null_value: int,
+) -> np.ndarray:
+    """``map_values`` applied to each distinct string of ``arr`` once (a dictionary encoding),
+    spread back to every row; null rows get ``null_value``. Non-string arrays are cast."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
     if len(arr) == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=dtype)
     if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
         arr = pc.cast(arr, pa.string())
     encoded = pc.dictionary_encode(arr)
-    dictionary = encoded.dictionary.to_pylist()
-    k = len(dictionary)
-    table = np.fromiter(
-        map(_bucket, dictionary, [salt] * k, [buckets] * k), dtype=np.int64, count=k
-    )
+    table = map_values(encoded.dictionary.to_pylist())
     indices = encoded.indices
     if indices.null_count:
         idx = np.asarray(pc.fill_null(indices, 0).to_numpy(), dtype=np.int64)
-        out = table[idx] if len(table) else np.zeros(len(idx), dtype=np.int64)
-        out[np.asarray(indices.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = 0
+        out = table[idx] if len(table) else np.zeros(len(idx), dtype=dtype)
+        out[np.asarray(indices.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = null_value
         return out
     return table[np.asarray(indices.to_numpy(), dtype=np.int64)]
 
@@ -205,20 +219,10 @@ def hash_keys(
         if memo is None:
             memo = _KEY_MEMOS.setdefault(salt, _KeyMemo(salt))
         return np.fromiter(map(memo.__getitem__, seq), np.uint64, len(seq))
-    arr = values
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    if len(arr) == 0:
-        return np.zeros(0, dtype=np.uint64)
-    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
-        arr = pc.cast(arr, pa.string())
-    encoded = pc.dictionary_encode(arr)
-    dictionary = encoded.dictionary.to_pylist()
-    table = np.fromiter(map(_key, dictionary, [salt] * len(dictionary)), np.uint64, len(dictionary))
-    indices = encoded.indices
-    if indices.null_count:
-        idx = np.asarray(pc.fill_null(indices, 0).to_numpy(), dtype=np.int64)
-        out = table[idx] if len(table) else np.zeros(len(idx), dtype=np.uint64)
-        out[np.asarray(indices.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = MISSING_KEY
-        return out
-    return table[np.asarray(indices.to_numpy(), dtype=np.int64)]
+
+    def key_all(dictionary: list[str | None]) -> np.ndarray:
+        return np.fromiter(
+            map(_key, dictionary, [salt] * len(dictionary)), np.uint64, len(dictionary)
+        )
+
+    return _map_distinct(values, key_all, np.uint64, MISSING_KEY)
