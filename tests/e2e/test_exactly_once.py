@@ -21,6 +21,8 @@ from freshrank.registry import Registry
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+SHARDS = 200
+"""Valid shards the producer lands (25 s at 400 events/s), bad ones besides."""
 
 
 def _alive_train_workers(address: str) -> list[int]:
@@ -65,7 +67,7 @@ def test_every_valid_shard_trained_exactly_once_across_kills(ray_local, tmp_path
                     landing_path=str(landing),
                     events_per_second=400,
                     shard_events=50,
-                    max_shards=300,
+                    max_shards=SHARDS,
                     bad_shard_every=25,
                     null_row_fraction=0.02,
                 )
@@ -108,7 +110,7 @@ def test_every_valid_shard_trained_exactly_once_across_kills(ray_local, tmp_path
     job = start_job()
     producer.start()
     try:
-        plan = ["worker", "job", "worker", "worker", "job"]
+        plan = ["worker", "job", "worker"]  # each kind of crash, and a crash after a resume
         for what in plan:
             # let the trainer make some progress, then kill at a random moment
             have = versions()
@@ -150,7 +152,7 @@ def test_every_valid_shard_trained_exactly_once_across_kills(ray_local, tmp_path
     stats = producer_done["stats"]
     zone = LandingZone(landing)
     good = sorted(r.seq for r in zone.list_shards())
-    assert len(good) == stats.shards_written == 300
+    assert len(good) == stats.shards_written == SHARDS
     chain = _lineage(reg)
     trained = [s for m in chain for s in m["shards"]]
     assert len(trained) == len(set(trained)), "a shard was trained twice"
@@ -158,4 +160,4 @@ def test_every_valid_shard_trained_exactly_once_across_kills(ray_local, tmp_path
     assert chain[-1]["events_trained"] == stats.valid_events
     assert sum(m["window_events"] for m in chain) == stats.valid_events
     assert len(zone.quarantined()) == stats.bad_shards_written
-    assert kills == {"job": 2, "worker": 3}
+    assert kills == {"job": 1, "worker": 2}

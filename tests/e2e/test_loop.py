@@ -67,12 +67,12 @@ def test_whole_loop_trains_every_valid_event_and_swaps_without_failures(
         f"{len(result.training.versions)} kept" in line
         for line in lines
     )
-    # Read back from Ray's Prometheus endpoint while the loop ran.
+    # Read back from Ray's Prometheus endpoint while the loop ran: the replicas' series (they
+    # live on). The trainer's series are checked through Prometheus below: Ray's metrics agent
+    # may export a short-lived worker's series late on a loaded machine, and drops them once
+    # the worker exits, while Prometheus keeps what it scraped.
     m = result.metrics_seen
-    assert m["freshrank_events_trained_total"] > 0
-    assert 0.0 < m["freshrank_window_auc"] < 1.0
     assert 1 <= m["freshrank_served_model_version"] <= result.champion
-    assert m["freshrank_trainer_model_version"] >= 1
     assert 0.0 < m["freshrank_freshness_seconds"] < 600
     assert m["freshrank_requests_total"] >= 1
 
@@ -84,8 +84,14 @@ def test_whole_loop_trains_every_valid_event_and_swaps_without_failures(
         f"{expected:.0f} landed events counted in Prometheus (last {landed_before:.0f} before)",
     )
     assert landed
-    trained = total("freshrank_events_trained_total")
-    assert trained is not None and trained > 0
+    trained = prometheus.wait(
+        lambda: total("freshrank_events_trained_total") or None, "trained events in Prometheus"
+    )
+    assert trained > 0
+    auc = prometheus.scalar("max(max_over_time(freshrank_window_auc[10m]))")
+    assert auc is not None and 0.0 < auc < 1.0
+    trainer_version = prometheus.scalar("max(max_over_time(freshrank_trainer_model_version[10m]))")
+    assert trainer_version is not None and trainer_version >= 1
     stages = prometheus.query(
         "sum by (stage) (max_over_time(freshrank_stage_latency_seconds_count[10m]))"
     )

@@ -267,10 +267,18 @@ def test_overload_is_503_with_retry_after_behind_haproxy(haproxy_app, burst):
     max_queued_requests per replica); HAProxy passes it on, nothing hangs or turns into 500."""
     url = haproxy_app["url"] + "/overload/rank"
     body = dict(BODY, candidates=[{"item_id": f"i{i}", "price": 1.0} for i in range(1000)])
-    results = burst(url, body, 24)
-    assert len(results) == 24  # nobody hangs
-    codes = [c for c, _, _ in results]
-    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+    # HAProxy spreads a burst's arrivals over a few ms, and a quiet replica may keep up with all
+    # of them: burst again (at most 3 times) until one overloads it. Every answer of every burst
+    # must be a 200 or a 503, and nobody may hang.
+    codes: list[int] = []
+    for _ in range(3):
+        results = burst(url, body, 32)
+        assert len(results) == 32  # nobody hangs
+        codes = [c for c, _, _ in results]
+        assert set(codes) <= {200, 503}, codes
+        if 503 in codes:
+            break
+    assert 200 in codes and 503 in codes, codes
     assert {ra for c, ra, _ in results if c == 503} == {"2"}
     assert max(dt for c, _, dt in results if c == 503) < 30
 

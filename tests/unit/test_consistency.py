@@ -92,7 +92,8 @@ def test_extra_arrays_count_in_key_order():
 def test_check_ranks_records_every_rank_or_refuses_diverged_ones():
     m = _model(0)
     state = rank_state(m)
-    assert state == RankState(state_digest(m), None)  # outside Ray: no node id
+    assert state == RankState(state_digest(m), None)  # no node named: none recorded
+    assert rank_state(m, node_id="n7") == RankState(state_digest(m), "n7")
     fields = check_ranks([RankState("d1", "n0"), RankState("d1", "n1")], 4)
     assert fields == {"rank_digests": ["d1", "d1"], "rank_nodes": ["n0", "n1"]}
     diverged = [RankState("a" * 64, "n0"), RankState("a" * 64, "n1"), RankState("b" * 64, "n2")]

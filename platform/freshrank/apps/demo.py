@@ -209,7 +209,8 @@ def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> De
 
     def status() -> None:
         if metrics_url:  # keep what Prometheus would scrape while the processes are alive
-            metrics_seen.update(scrape_freshrank_metrics(metrics_url))
+            # Ray's agent can take seconds to answer on a loaded machine; Prometheus waits 10 s.
+            metrics_seen.update(scrape_freshrank_metrics(metrics_url, timeout_s=10.0))
 
     endpoint = f"http://127.0.0.1:{config.http_port}"
     stop = threading.Event()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["RankState", "check_ranks", "rank_state", "state_digest"]
+__all__ = ["RankState", "check_ranks", "rank_state", "ray_node_id", "state_digest"]
 
 
 def state_digest(module: torch.nn.Module, extra: Mapping[str, np.ndarray] | None = None) -> str:
@@ -67,17 +67,23 @@ class RankState:
     """The Ray node id (None outside Ray)."""
 
 
-def rank_state(module: torch.nn.Module, extra: Mapping[str, np.ndarray] | None = None) -> RankState:
-    """This rank's :class:`RankState` (its digest, and its node id when inside Ray)."""
-    node_id = None
+def rank_state(
+    module: torch.nn.Module,
+    extra: Mapping[str, np.ndarray] | None = None,
+    node_id: str | None = None,
+) -> RankState:
+    """This rank's :class:`RankState`: its digest, and the node it runs on as the caller
+    names it (the trainer passes :func:`ray_node_id`)."""
+    return RankState(state_digest(module, extra), node_id)
+
+
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on, or None outside Ray."""
     try:
         import ray
-
-        if ray.is_initialized():
-            node_id = ray.get_runtime_context().get_node_id()
     except ImportError:
-        pass
-    return RankState(state_digest(module, extra), node_id)
+        return None
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def check_ranks(states: Sequence[RankState], window: int) -> dict[str, list[str | None]]:

@@ -36,7 +36,7 @@ from freshrank.features.encode import FeatureConfig, num_rows
 from freshrank.features.reading import read_shards
 from freshrank.learn.collectives import all_gather, all_reduce_sum, broadcast, rank_world
 from freshrank.learn.config import TrainConfig
-from freshrank.learn.consistency import check_ranks, rank_state
+from freshrank.learn.consistency import check_ranks, rank_state, ray_node_id
 from freshrank.learn.dedup import SEEN_EVENTS_FILE, SeenEvents
 from freshrank.learn.feed import ShardFeed, Window
 from freshrank.learn.gating import ChampionScorer, GateJudge, say
@@ -178,6 +178,7 @@ def _consume_windows(config: TrainConfig, beat: TrainerHeartbeat | None) -> None
     configure_ray_data()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    node_id = ray_node_id()
     device = pick_device(config.use_gpu)
     registry = Registry(config.registry)
     state = load_latest_or_init(registry)
@@ -256,7 +257,7 @@ def _consume_windows(config: TrainConfig, beat: TrainerHeartbeat | None) -> None
         if plan.challenger is not None:
             pending = None  # judged now, or superseded by the version this window makes
         strategy_parts = all_gather(_numpy_state(strategy.state_dict()))
-        ranks = all_gather(rank_state(core))  # every rank's state digest and node
+        ranks = all_gather(rank_state(core, node_id=node_id))  # each rank's digest and node
         if rank == 0 and not fenced:
             try:
                 control.check(epoch)
