@@ -1,7 +1,8 @@
 """The chaos suite, bounded: the whole loop (its own local Ray, 2 replicas, the trainer as its own
 process, a producer, requests throughout) with faults injected one at a time by
 ``bench/chaos.py``; then, per fault, what a user would have seen, and over the run, events lost
-and duplicated. ``python bench/chaos.py`` is the long form (every fault)."""
+and duplicated (this is the suite's exactly-once test across crashes).
+``python bench/chaos.py`` is the long form (every fault)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-FAULTS = ("corrupt-champion", "garbage-champion", "train-worker-kill", "full-disk", "bad-shards")
+FAULTS = (
+    "corrupt-champion",
+    "garbage-champion",
+    "train-worker-kill",
+    "trainer-driver-kill",
+    "full-disk",
+    "bad-shards",
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +70,7 @@ def test_a_garbage_champion_pointer_fails_nothing_and_crashes_no_trainer(report)
 
 
 def test_trainer_faults_heal_with_a_new_version_and_serving_is_untouched(report):
-    for name in ("train-worker-kill", "full-disk"):
+    for name in ("train-worker-kill", "trainer-driver-kill", "full-disk"):
         fault = _fault(report, name)
         if fault["skipped"]:
             assert name == "full-disk", fault  # only where no tmpfs can be mounted
@@ -84,7 +92,18 @@ def test_bad_shards_are_refused_or_counted_and_poison_nothing(report):
     assert final["promotion_log_readable"] is True
 
 
+def test_a_killed_trainer_is_not_reported_live_and_its_successor_resumes(report):
+    fault = _fault(report, "trainer-driver-kill")
+    # While the supervisor held the restart, TRAINER stopped saying the trainer was live.
+    assert fault["checks"]["trainer_state_after_kill"] not in ("ready", "training", "starting")
+    assert fault["checks"].get("not_live_after_s", 40.0) < 40, fault
+    assert report["trainer_restarts"] >= 1
+
+
 def test_nothing_lost_nothing_trained_twice(report):
+    """Exactly once across a killed training worker (Ray Train restarts the group) and a killed
+    trainer driver (a new process resumes from the registry), while shards keep landing: every
+    event id of every valid shard is trained once (duplicates are refused by id and counted)."""
     assert report["events_unique"] > 10_000
     assert report["events_lost"] == 0, report
     assert report["events_duplicated"] == 0, report
