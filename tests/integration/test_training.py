@@ -120,7 +120,9 @@ def test_two_workers_train_every_valid_event_once_and_resume(ray_local, tmp_path
 def test_bad_rows_on_two_workers_are_counted_and_a_big_shard_is_split(ray_local, tmp_path):
     """Real Ray Data reads, two ranks: a shard landed twice is trained once, far-future rows
     are counted and keep the watermark at or before now, and a 3,000-row shard is trained in
-    windows of at most 1,000 rows, dealt evenly to both ranks."""
+    windows of at most 1,000 rows, dealt evenly to both ranks. The ranks train row-sparse
+    (issue 15: touched rows exchanged, no DDP); every version records both ranks' state digests,
+    which the trainer refuses to publish unless they agree, and the model went somewhere."""
     landing, registry = LandingZone(tmp_path / "landing"), tmp_path / "registry"
     sim = Simulator(SimulatorConfig(seed=8, start_time=datetime.now(timezone.utc)))
     shard = sim.generate(100)  # 1,000 rows
@@ -142,6 +144,7 @@ def test_bad_rows_on_two_workers_are_counted_and_a_big_shard_is_split(ray_local,
         max_rows_per_window=1000,
         drift=False,
         gate_min_rows=100,
+        row_sparse=True,
     )
     summary = run_training(config)
 
@@ -153,6 +156,10 @@ def test_bad_rows_on_two_workers_are_counted_and_a_big_shard_is_split(ray_local,
     assert sum(m["rows_out_of_time"] for m in manifests) == 300
     assert sum(m["rows_read"] for m in manifests) == 5000
     assert all(m["watermark"] <= m["created_at"] for m in manifests)
+    for m in manifests:  # both ranks held the same model after every window
+        assert len(m["rank_digests"]) == 2 and len(set(m["rank_digests"])) == 1
+    first, last = reg.get(reg.list_versions()[0]), reg.get(reg.list_versions()[-1])
+    assert first.manifest["rank_digests"] != last.manifest["rank_digests"]
     status = reg.trainer_status()
     assert status["state"] == "stopped" and status["heartbeat_interval_s"] == 5.0
     state = load_latest_or_init(reg)

@@ -50,6 +50,11 @@ class TrainConfig:
     one GPU with use_gpu). It replaces the default: name CPU to keep one."""
     batch_size: int = 512
     """New rows per worker per step; replay rows come on top (``replay_ratio`` of them)."""
+    row_sparse: bool = False
+    """Row-sparse training (``learn.row_sparse``): the tables get sparse gradients, SparseAdam
+    (lazy Adam) steps only the rows a batch touched, and workers exchange those rows instead of
+    DDP's all-reduce of every table. Off by default until its quality figures are measured
+    beside dense Adam's (bench/RESULTS.md, issue 15)."""
     learning_rate: float = 0.02
     """Adam's step size. 0.02 is what the DIGINETICA backtests were tuned at (0.01-0.04 tried);
     at the earlier 3e-3 a model trained from scratch on the simulator spent its first 7 windows

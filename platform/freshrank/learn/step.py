@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from freshrank.features.encode import concat_inputs, num_rows, slice_inputs
+from freshrank.learn.row_sparse import RowSparseOptimizer
 from freshrank.learn.strategies import Strategy
 from freshrank.model.device import to_tensors
 from freshrank.model.scoring import DEFAULT_CHUNK_ROWS, score_logits
@@ -67,7 +68,7 @@ class WindowResult:
 
 def train_step(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | RowSparseOptimizer,
     batch: Mapping[str, Tensor],
     strategy: Strategy,
     loss_scale: float | None = None,
@@ -95,7 +96,7 @@ def train_step(
 
 def train_window(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | RowSparseOptimizer,
     rows: Mapping[str, np.ndarray],
     strategy: Strategy,
     *,

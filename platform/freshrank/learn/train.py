@@ -48,6 +48,7 @@ from freshrank.learn.publish import (
     export_row_counts,
     export_window_metrics,
 )
+from freshrank.learn.row_sparse import RowSparseOptimizer, broadcast_module
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import Strategy, build_strategy, reshard_state
 from freshrank.learn.window_io import assign_shards, configure_ray_data, warm_up_reader
@@ -188,8 +189,13 @@ def _consume_windows(config: TrainConfig, beat: TrainerHeartbeat | None) -> None
     core = Ranker(model_config)
     if state is not None:
         core.load_state_dict(state.model_state)
-    model = ray.train.torch.prepare_model(core)
-    optimizer = make_optimizer(model, config.learning_rate)
+    if config.row_sparse:  # no DDP: the optimizer exchanges touched rows and dense grads
+        model = core.to(device)
+        broadcast_module(core)
+        optimizer = make_optimizer(core, config.learning_rate, row_sparse=True)
+    else:
+        model = ray.train.torch.prepare_model(core)
+        optimizer = make_optimizer(model, config.learning_rate)
     if state is not None and state.optimizer_state is not None:
         load_optimizer_state(optimizer, state.optimizer_state)
     strategy = build_strategy(config.strategy_config(), rank)
@@ -312,9 +318,10 @@ class _Worker:
     """What stays fixed for one worker across windows (the objects, not their state)."""
 
     model: torch.nn.Module
-    """The DDP-prepared model the optimizer steps (``core`` inside it)."""
+    """The model the optimizer steps: DDP-prepared (``core`` inside it), or ``core`` itself
+    with ``row_sparse``."""
     core: Ranker
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | RowSparseOptimizer
     strategy: Strategy
     drift: DriftMonitor | None
     champion: ChampionScorer

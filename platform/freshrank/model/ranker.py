@@ -71,6 +71,14 @@ class SparseArch(nn.Module):
         self.query = nn.EmbeddingBag(fc.query_buckets, d, mode="mean", padding_idx=0)
         for table in (*self.tables.values(), self.query):
             nn.init.normal_(table.weight, std=0.05)
+        self.sparse_grad = False
+        """Whether backward gives the tables row-sparse gradients (only the rows a batch looked
+        up); set through :meth:`Ranker.use_sparse_gradients`."""
+
+    def table_weights(self) -> list[nn.Parameter]:
+        """The embedding tables' weights, each (rows, D): what row-sparse training updates
+        row by row."""
+        return [*(t.weight for t in self.tables.values()), self.query.weight]
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         return torch.stack(self.embed(inputs), dim=1)
@@ -87,7 +95,7 @@ class SparseArch(nn.Module):
         tables = self.tables
         embedded = []
         for name in ID_FEATURES:
-            vectors = F.embedding(inputs[name], tables[name].weight)
+            vectors = F.embedding(inputs[name], tables[name].weight, sparse=self.sparse_grad)
             if groups is not None and name in SEARCH_KEYS:
                 vectors = vectors.index_select(0, groups)
             embedded.append(vectors)
@@ -174,6 +182,18 @@ class Ranker(nn.Module):
         self.interaction = InteractionArch(num_sparse)
         self.over = OverArch(InteractionArch.output_dim(num_sparse, config.embedding_dim), config)
         self.position = PositionBias(config.features.max_position)
+
+    def table_weights(self) -> list[nn.Parameter]:
+        """The embedding tables' weights (see :meth:`SparseArch.table_weights`)."""
+        return self.sparse.table_weights()
+
+    def use_sparse_gradients(self, on: bool = True) -> Ranker:
+        """Give the embedding tables row-sparse gradients in backward (``on``) or dense ones
+        (the default). Values and the state dict are unchanged; an optimizer for sparse
+        gradients (``learn.row_sparse``) must step the tables. Returns ``self``."""
+        self.sparse.sparse_grad = bool(on)
+        self.sparse.query.sparse = bool(on)
+        return self
 
     def relevance(self, inputs: Mapping[str, Tensor], groups: Tensor | None = None) -> Tensor:
         """Relevance logits (B,), independent of display position: what serving ranks by.

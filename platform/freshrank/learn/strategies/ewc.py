@@ -173,6 +173,8 @@ class EWC(Strategy):
             grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
             for (k, _), g in zip(named, grads, strict=True):
                 if g is not None:
+                    if g.is_sparse:  # a table under row-sparse training: rows summed first
+                        g = g.coalesce().to_dense()
                     fisher[k] += len(idx) * g.detach() ** 2
             batches += 1
             self.fisher_rows_processed += len(idx)
