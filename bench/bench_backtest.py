@@ -146,6 +146,7 @@ def diginetica_config(args: argparse.Namespace) -> BacktestConfig:
         model=RankerConfig(features=DG_FEATURES),
         batch_size=1024,
         learning_rate=0.02,
+        row_sparse=args.row_sparse,
         epochs=args.epochs,
         forgetting_requests=200,
     )
@@ -181,6 +182,7 @@ def simulator_config(args: argparse.Namespace) -> BacktestConfig:
         model=RankerConfig(),  # the production default
         batch_size=512,
         learning_rate=0.02,  # the trainer's default (TrainConfig.learning_rate)
+        row_sparse=args.row_sparse,
         forgetting_requests=300,
     )
 
@@ -510,6 +512,8 @@ def _command(args: argparse.Namespace, part: str) -> str:
     extra = " --quick" if args.quick else ""
     if part == "diginetica" and args.epochs != 2:
         extra += f" --epochs {args.epochs}"
+    if args.row_sparse:
+        extra += " --row-sparse"
     return f"python bench/bench_backtest.py --parts {part}{extra}"
 
 
@@ -554,6 +558,12 @@ def main() -> None:
         help="DIGINETICA: passes over each update's rows, every arm (1 leaves joint underfit)",
     )
     parser.add_argument("--sim-requests", type=int, default=4000)
+    parser.add_argument(
+        "--row-sparse",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="every arm trains with the row-sparse optimizer (freshrank train --row-sparse)",
+    )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()

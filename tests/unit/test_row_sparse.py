@@ -147,3 +147,64 @@ def test_two_ranks_exchange_touched_rows_and_match_one_process(tmp_path):
         _step(single, optimizer, rows)
     for key, value in single.state_dict().items():  # and what one process does on all rows
         torch.testing.assert_close(a[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+class _TwoWidths(torch.nn.Module):
+    """Tables of different widths (the exchange's general path: one all-reduce, three
+    all-gathers per width)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Embedding(20, 2, sparse=True)
+        self.b = torch.nn.Embedding(30, 3, sparse=True)
+        self.out = torch.nn.Linear(5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.a(x[:, 0]), self.b(x[:, 1])], dim=1)).squeeze(1)
+
+
+def _two_widths_steps(rows: torch.Tensor, labels: torch.Tensor, scale: float) -> _TwoWidths:
+    model = _TwoWidths()
+    dense = list(model.out.parameters())
+    optimizer = RowSparseOptimizer(dense, [model.a.weight, model.b.weight], 0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(model(rows), labels, reduction="sum")
+        (loss * scale).backward()
+        optimizer.step()
+    return model
+
+
+def _rank_two_widths(rank: int, world: int, init: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        rows, labels = _two_widths_data()
+        mine = torch.arange(rank, len(rows), world)
+        model = _two_widths_steps(rows[mine], labels[mine], world / len(rows))
+        torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_widths_data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.stack(
+        [torch.randint(0, 20, (9,), generator=gen), torch.randint(0, 30, (9,), generator=gen)], 1
+    )
+    return rows, (torch.rand(9, generator=gen) > 0.5).float()
+
+
+def test_tables_of_different_widths_take_the_general_exchange(tmp_path):
+    init = f"file://{tmp_path}/rendezvous"
+    mp.start_processes(
+        _rank_two_widths, args=(2, init, str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    rows, labels = _two_widths_data()
+    single = _two_widths_steps(rows, labels, 1.0 / len(rows)).state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(a[key], single[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -151,6 +151,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lwf-temperature", type=float, default=LwFConfig.temperature)
     parser.add_argument("--batch-size", type=int, default=BacktestConfig.batch_size)
     parser.add_argument("--learning-rate", type=float, default=BacktestConfig.learning_rate)
+    parser.add_argument(
+        "--row-sparse",
+        action=argparse.BooleanOptionalAction,
+        default=BacktestConfig.row_sparse,
+        help="train with the row-sparse optimizer, as `freshrank train --row-sparse` does",
+    )
     parser.add_argument("--epochs", type=int, default=BacktestConfig.epochs)
     parser.add_argument("--k", type=int, default=BacktestConfig.k, help="Recall@K / MRR@K")
     parser.add_argument(
@@ -241,6 +247,7 @@ def config_from_args(args: argparse.Namespace) -> BacktestConfig:
         model=RankerConfig(features=features, embedding_dim=args.embedding_dim),
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        row_sparse=args.row_sparse,
         epochs=args.epochs,
         k=args.k,
         forgetting_requests=args.forgetting_requests or None,

@@ -29,7 +29,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["RowSparseOptimizer", "broadcast_module", "exchange_gradients", "plain_adam_state"]
+__all__ = [
+    "GradientExchange",
+    "RowSparseOptimizer",
+    "broadcast_module",
+    "exchange_gradients",
+    "plain_adam_state",
+]
 
 _KEY = "row_sparse"
 """Top-level key of :meth:`RowSparseOptimizer.state_dict` (a plain Adam state has none)."""
@@ -72,6 +78,7 @@ class RowSparseOptimizer:
         except (RuntimeError, TypeError, ValueError):  # pragma: no cover - older torch / devices
             self.dense = torch.optim.Adam(self.dense_params, lr=learning_rate)
         self.tables = torch.optim.SparseAdam(self.table_params, lr=learning_rate)
+        self.exchange = GradientExchange()
         ids = {id(p): ("dense", i) for i, p in enumerate(self.dense_params)}
         ids.update({id(p): ("tables", i) for i, p in enumerate(self.table_params)})
         everything = list(order) if order is not None else [*self.dense_params, *self.table_params]
@@ -91,7 +98,7 @@ class RowSparseOptimizer:
 
     def step(self) -> None:
         """Exchange gradients across ranks (when distributed), then step both optimizers."""
-        exchange_gradients(self.dense_params, self.table_params)
+        self.exchange(self.dense_params, self.table_params)
         self.dense.step()
         self.tables.step()
 
@@ -172,27 +179,132 @@ def _groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     return optimizer.state_dict()["param_groups"]
 
 
+class GradientExchange:
+    """Averages gradients over the ranks of the default process group, in place, in one
+    all-gather per step in the common case.
+
+    Every rank packs one float32 buffer: its count of touched table rows (an int64, bit-cast),
+    its dense gradients, then up to ``capacity`` rows, each the row's values and its global
+    index (table offset + row, an int64 bit-cast into two float32 slots). The buffers are
+    all-gathered (bytes are copied, never summed, so the bit-casts survive); when some rank
+    touched more rows than ``capacity``, a second all-gather carries the rest. Every rank then
+    sums the same parts in rank order (dense) and by row (tables), so every rank gets the same
+    gradients, and raises ``capacity`` to 1.25x the most rows seen, a figure every rank derives
+    from the same counts. Anything else (tables of different widths, other dtypes) takes the
+    general path: one all-reduce for the dense gradients and three all-gathers per width.
+    """
+
+    def __init__(self) -> None:
+        self.capacity = 0
+        """Rows each rank sends in the first all-gather (grows with what the ranks touch)."""
+
+    def __call__(self, dense: Iterable[nn.Parameter], tables: Iterable[nn.Parameter]) -> None:
+        dense = [p for p in dense if p.requires_grad]
+        tables = list(tables)
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            for p in tables:  # SparseAdam takes sparse gradients only
+                if p.grad is not None and not p.grad.is_sparse:
+                    idx, val = _touched_rows(p.grad, int(p.shape[1]))
+                    p.grad = torch.sparse_coo_tensor(  # rows in range, sorted, unique
+                        idx.unsqueeze(0), val, p.shape, check_invariants=False, is_coalesced=True
+                    )
+            return
+        world = dist.get_world_size()
+        widths = {int(p.shape[1]) for p in tables}
+        dtypes = {p.dtype for p in (*dense, *tables)}
+        if len(widths) == 1 and dtypes == {torch.float32}:
+            self._packed(dense, tables, world, widths.pop())
+            return
+        _average_dense(dense, world)
+        by_width: dict[int, list[nn.Parameter]] = {}
+        for p in tables:
+            by_width.setdefault(int(p.shape[1]), []).append(p)
+        for params in by_width.values():
+            _average_rows(params, world)
+
+    def _packed(
+        self, dense: list[nn.Parameter], tables: list[nn.Parameter], world: int, width: int
+    ) -> None:
+        device = tables[0].device
+        idx, val, offsets = _local_rows(tables, width, device)
+        n = int(idx.numel())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in dense]
+        dense_len = sum(p.numel() for p in dense)
+        row_len = width + 2
+        head = 2 + dense_len
+        cap = self.capacity
+        buffer = torch.zeros(head + cap * row_len, dtype=torch.float32, device=device)
+        buffer[:2] = torch.tensor([n], dtype=torch.int64, device=device).view(torch.float32)
+        if grads:
+            torch.cat([g.reshape(-1) for g in grads], out=buffer[2:head])
+        sent = min(n, cap)
+        rows = buffer[head:].view(cap, row_len)
+        rows[:sent, :width] = val[:sent]
+        rows[:sent, width:] = idx[:sent].view(torch.float32).view(sent, 2)
+        parts = [torch.empty_like(buffer) for _ in range(world)]
+        dist.all_gather(parts, buffer)
+        counts = [int(part[:2].view(torch.int64)) for part in parts]
+        most = max(counts)
+        extra_parts: list[Tensor] = []
+        if most > cap:  # a second round for the rows beyond the capacity
+            more = most - cap
+            extra = torch.zeros(more, row_len, dtype=torch.float32, device=device)
+            rest = max(0, n - cap)
+            extra[:rest, :width] = val[cap:]
+            extra[:rest, width:] = idx[cap:].view(torch.float32).view(rest, 2)
+            extra_parts = [torch.empty_like(extra) for _ in range(world)]
+            dist.all_gather(extra_parts, extra)
+            self.capacity = int(most * 1.25) + 1
+        if grads:
+            total = parts[0][2:head].clone()
+            for part in parts[1:]:
+                total += part[2:head]
+            total /= world
+            offset = 0
+            for p in dense:
+                p.grad = total[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+        pieces = []
+        for r, part in enumerate(parts):
+            pieces.append(part[head:].view(cap, row_len)[: min(counts[r], cap)])
+            if extra_parts:
+                pieces.append(extra_parts[r][: max(0, counts[r] - cap)])
+        gathered = torch.cat(pieces)
+        all_idx = gathered[:, width:].contiguous().view(torch.int64).view(-1)
+        all_val = gathered[:, :width] / world
+        _assign_rows(tables, offsets, all_idx, all_val)
+
+
 def exchange_gradients(dense: Iterable[nn.Parameter], tables: Iterable[nn.Parameter]) -> None:
-    """Average every parameter's gradient over the ranks of the default process group, in
-    place: dense gradients by one all-reduce of a flat buffer, table gradients as their touched
-    rows (all-gathered, then summed by row on every rank). Outside a group only a table's dense
-    gradient changes: to its nonzero rows, as a sparse gradient."""
-    dense, tables = list(dense), list(tables)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        for p in tables:  # SparseAdam takes sparse gradients only
-            if p.grad is not None and not p.grad.is_sparse:
-                idx, val = _touched_rows(p.grad, int(p.shape[1]))
-                p.grad = torch.sparse_coo_tensor(  # rows in range, sorted, unique
-                    idx.unsqueeze(0), val, p.shape, check_invariants=False, is_coalesced=True
-                )
-        return
-    world = dist.get_world_size()
-    _average_dense([p for p in dense if p.requires_grad], world)
-    by_width: dict[int, list[nn.Parameter]] = {}
+    """Average every parameter's gradient over the ranks, in place, with a fresh
+    :class:`GradientExchange` (an optimizer keeps one, so its capacity carries over)."""
+    GradientExchange()(dense, tables)
+
+
+def _local_rows(
+    tables: list[nn.Parameter], width: int, device: torch.device
+) -> tuple[Tensor, Tensor, list[int]]:
+    """This rank's touched rows of every table: global indices (table offset + row), values,
+    and each table's offset."""
+    offsets, total = [], 0
+    indices, values = [], []
     for p in tables:
-        by_width.setdefault(int(p.shape[1]), []).append(p)
-    for params in by_width.values():
-        _average_rows(params, world)
+        idx, val = _touched_rows(p.grad, width)
+        indices.append(idx.to(device) + total)
+        values.append(val.to(device=device, dtype=p.dtype))
+        offsets.append(total)
+        total += int(p.shape[0])
+    return torch.cat(indices), torch.cat(values), offsets
+
+
+def _assign_rows(tables: list[nn.Parameter], offsets: list[int], idx: Tensor, val: Tensor) -> None:
+    """Give each table the rows of ``idx``/``val`` in its range, summed by row."""
+    for p, start in zip(tables, offsets, strict=True):
+        rows = int(p.shape[0])
+        mine = (idx >= start) & (idx < start + rows)
+        p.grad = torch.sparse_coo_tensor(  # rows in range by the mask; coalesce sums repeats
+            (idx[mine] - start).unsqueeze(0), val[mine], p.shape, check_invariants=False
+        ).coalesce()
 
 
 def _average_dense(params: list[nn.Parameter], world: int) -> None:
@@ -226,16 +338,7 @@ def _average_rows(params: list[nn.Parameter], world: int) -> None:
     with each table's rows offset, then give each table the summed rows / world."""
     device = params[0].device
     width = int(params[0].shape[1])
-    offsets, total = [], 0
-    indices, values = [], []
-    for p in params:
-        idx, val = _touched_rows(p.grad, width)
-        indices.append(idx.to(device) + total)
-        values.append(val.to(device=device, dtype=p.dtype))
-        offsets.append(total)
-        total += int(p.shape[0])
-    idx = torch.cat(indices)
-    val = torch.cat(values)
+    idx, val, offsets = _local_rows(params, width, device)
     counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
     dist.all_gather(counts, torch.tensor([idx.numel()], dtype=torch.int64, device=device))
     sizes = [int(c.item()) for c in counts]
@@ -254,9 +357,4 @@ def _average_rows(params: list[nn.Parameter], world: int) -> None:
     dist.all_gather(all_val, padded_val)
     idx = torch.cat([t[:n] for t, n in zip(all_idx, sizes, strict=True)])
     val = torch.cat([t[:n] for t, n in zip(all_val, sizes, strict=True)]) / world
-    for p, start in zip(params, offsets, strict=True):
-        rows = int(p.shape[0])
-        mine = (idx >= start) & (idx < start + rows)
-        p.grad = torch.sparse_coo_tensor(  # rows in range by the mask; coalesce sums repeats
-            (idx[mine] - start).unsqueeze(0), val[mine], p.shape, check_invariants=False
-        ).coalesce()
+    _assign_rows(params, offsets, idx, val)

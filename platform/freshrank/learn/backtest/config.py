@@ -27,6 +27,9 @@ class BacktestConfig:
     model: RankerConfig = field(default_factory=RankerConfig)
     batch_size: int = 512
     learning_rate: float = 3e-3
+    row_sparse: bool = False
+    """Train with the row-sparse optimizer (``learn.row_sparse``: SparseAdam for the tables,
+    fused Adam for the rest), as ``TrainConfig.row_sparse`` does live."""
     epochs: int = 1
     """Passes over each update's rows (every schedule)."""
     k: int = 20

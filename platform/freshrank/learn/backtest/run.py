@@ -29,6 +29,7 @@ from freshrank.learn.backtest.config import BacktestConfig
 from freshrank.learn.backtest.data import Period, _request_codes
 from freshrank.learn.backtest.report import ITEM_AGE_CLASSES, ArmResult, BacktestReport
 from freshrank.learn.optim import make_optimizer
+from freshrank.learn.row_sparse import RowSparseOptimizer
 from freshrank.learn.step import score_rows, train_window
 from freshrank.learn.strategies import build_strategy
 from freshrank.model.ranker import Ranker
@@ -165,7 +166,7 @@ def _run_arm(
                 model, optimizer = _fresh_model(config)
                 strategy = build_strategy(arm.strategy)
             elif arm.reset_optimizer:
-                optimizer = make_optimizer(model, config.learning_rate)
+                optimizer = make_optimizer(model, config.learning_rate, config.row_sparse)
             extra_before = strategy.extra_trained_rows()
             scored_before = strategy.forward_only_rows()
             result = train_window(
@@ -227,10 +228,12 @@ def _update_rows(
     return (concat_inputs(parts) if parts else None), True
 
 
-def _fresh_model(config: BacktestConfig) -> tuple[Ranker, torch.optim.Optimizer]:
+def _fresh_model(
+    config: BacktestConfig,
+) -> tuple[Ranker, torch.optim.Optimizer | RowSparseOptimizer]:
     torch.manual_seed(config.seed)
     model = Ranker(config.model)
-    return model, make_optimizer(model, config.learning_rate)
+    return model, make_optimizer(model, config.learning_rate, config.row_sparse)
 
 
 def _evaluate(
