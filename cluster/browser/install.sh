@@ -7,7 +7,7 @@
 # Debian/Ubuntu system, installs the `chromium` package and `fonts-liberation` (only a
 # recommendation of chromium's, and without any font the page's text renders as boxes) with
 # apt-get. Anywhere else it says how to install it and exits 0, so
-# tests/integration/test_status_page_browser.py skips with that reason.
+# tests/e2e/test_loop.py::test_a_browser_shows_the_loop skips with that reason.
 set -euo pipefail
 
 if command -v chromium >/dev/null 2>&1; then

@@ -8,6 +8,7 @@ that need it skip and say how to install it (CI installs it through cluster/prom
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -72,8 +73,9 @@ class PrometheusServer:
         return float(result[0]["value"][1]) if result else None
 
 
-@pytest.fixture
-def prometheus(ray_local, tmp_path) -> Iterator[PrometheusServer]:
+@contextlib.contextmanager
+def _prometheus(ray_local, tmp_path: Path) -> Iterator[PrometheusServer]:
+    """A Prometheus scraping the session's Ray, its files under ``tmp_path``."""
     if PROMETHEUS is None:
         pytest.skip(
             "Debian's prometheus is not installed (cluster/prometheus/install.sh or "
@@ -136,3 +138,16 @@ def prometheus(ray_local, tmp_path) -> Iterator[PrometheusServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@pytest.fixture
+def prometheus(ray_local, tmp_path) -> Iterator[PrometheusServer]:
+    with _prometheus(ray_local, tmp_path) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_prometheus(ray_local, tmp_path_factory) -> Iterator[PrometheusServer]:
+    """One Prometheus for a module whose tests share a run (e.g. the loop and its page)."""
+    with _prometheus(ray_local, tmp_path_factory.mktemp("prometheus")) as server:
+        yield server
