@@ -451,3 +451,23 @@ def test_trains_with_row_sparse_tables(case: Case):
     torch.testing.assert_close(after[unused], before[unused], rtol=0, atol=0)
     assert not torch.equal(after[used], before[used])
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+@pytest.mark.parametrize("case", STRATEGY_CASES, ids=lambda c: c.name)
+def test_replay_count_is_what_replay_rows_returns(case: Case):
+    """``replay_count`` (what distributed training sums once per window) is None or exactly the
+    number of rows the next ``replay_rows`` call returns, before and after a window is stored;
+    it draws nothing, so the replayed rows are the same whether it was asked or not."""
+    for windows in (0, 1, 2):
+        asked, plain = case.make(0), case.make(0)
+        model = _model()
+        for rows in WINDOWS[:windows]:
+            case.feed(asked, model, rows)
+        model_b = _model()
+        for rows in WINDOWS[:windows]:
+            case.feed(plain, model_b, rows)
+        for n_new in (0, 7, 30):
+            count = asked.replay_count(n_new)
+            got = asked.replay_rows(n_new) if n_new else {}
+            assert count is None or count == (len(got["label"]) if got else 0), (n_new, count)
+            _assert_same(got, plain.replay_rows(n_new) if n_new else {})

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from _tiny import FEATURES, MODEL
+from _tiny import FEATURES, MODEL, _model, _rows
 
 import freshrank.learn.train as train
 from freshrank.core.telemetry import NullTelemetry
@@ -25,7 +25,8 @@ from freshrank.learn.feed import ShardFeed
 from freshrank.learn.gating import ChampionScorer, GateJudge
 from freshrank.learn.optim import make_optimizer
 from freshrank.learn.publish import WindowProgress, checkpoint_window
-from freshrank.learn.strategies import build_strategy
+from freshrank.learn.step import train_window
+from freshrank.learn.strategies import ReplayConfig, build_strategy
 from freshrank.model.ranker import Ranker
 from freshrank.registry import GateConfig, Promoter, PromotionMode, PromotionPolicy, Registry
 from freshrank.registry.control import TrainerControl
@@ -203,3 +204,53 @@ def test_the_version_records_every_rank_and_may_not_be_overwritten(trainer):
     from freshrank.registry.checkpoint import load_serving_model
 
     assert state_digest(load_serving_model(registry, info.version).model) == digest
+
+
+def test_global_batch_sizes_are_summed_once_per_window_when_the_strategy_knows_them():
+    """Under distributed training every step's loss is scaled by the batch size summed over the
+    ranks; a strategy that knows its replay counts lets train_window sum them for the whole
+    window in one collective, with the same sizes, hence the same model, as step by step."""
+
+    class UnknownCount:  # the same replay, but it will not say how many rows it replays
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def replay_count(self, n_new):
+            return None
+
+    def run(wrap):
+        strategy = build_strategy(ReplayConfig(capacity=50, seed=1), 0)
+        strategy.after_window(_model(), _rows(5, requests=10))  # something to replay
+        strategy = wrap(strategy)
+        calls = []
+
+        def doubled(value):  # two identical ranks
+            calls.append(value)
+            return value * 2
+
+        model = _model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        rng = np.random.default_rng(0)
+        train_window(
+            model,
+            optimizer,
+            _rows(6, requests=9),
+            strategy,
+            batch_size=16,
+            rng=rng,
+            device=torch.device("cpu"),
+            reduce_sum=doubled,
+            world=2,
+        )
+        return calls, model.state_dict()
+
+    once, weights_once = run(lambda s: s)
+    per_step, weights_per_step = run(UnknownCount)
+    assert len(once) == 1 and isinstance(once[0], np.ndarray)
+    assert len(per_step) == len(once[0]) > 1 and all(isinstance(v, float) for v in per_step)
+    np.testing.assert_array_equal(once[0], np.array(per_step))
+    for key, value in weights_once.items():
+        torch.testing.assert_close(value, weights_per_step[key], rtol=0, atol=0, msg=key)

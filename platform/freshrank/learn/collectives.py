@@ -2,13 +2,15 @@
 
 Every rank must call each of them in the same order (they are collectives); objects go through
 ``broadcast_object_list`` / ``all_gather_object`` (pickled by torch, between this job's own
-workers), floats through an all-reduce of a float64 tensor on the worker's device.
+workers), floats and float arrays through an all-reduce of a float64 tensor on the worker's
+device.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -56,12 +58,20 @@ def all_gather(obj: Any) -> list[Any]:
     return out
 
 
-def all_reduce_sum(value: float, device: torch.device) -> float:
-    """The sum of ``value`` over every rank.
+def all_reduce_sum(value: float | np.ndarray, device: torch.device) -> float | np.ndarray:
+    """The sum of ``value`` over every rank: a float, or elementwise for an array (float64).
 
     >>> all_reduce_sum(2, torch.device("cpu"))
     2.0
+    >>> all_reduce_sum(np.array([1, 2]), torch.device("cpu"))
+    array([1., 2.])
     """
+    if isinstance(value, np.ndarray):
+        if not _distributed():
+            return value.astype(np.float64)
+        t = torch.as_tensor(value, dtype=torch.float64).to(device)
+        dist.all_reduce(t)
+        return t.cpu().numpy()
     if not _distributed():
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)

@@ -11,7 +11,9 @@ and one window::
     train_step -> strategy.after_window
 
 Distributed training passes ``steps`` (the same on every rank, so DDP's collectives line up),
-``reduce_sum`` (an all-reduce of a float) and ``world``; a single process passes none of them.
+``reduce_sum`` (an all-reduce of a float or a float array: every step's global batch size, once
+per window when the strategy can say how many rows it replays, else step by step) and
+``world``; a single process passes none of them.
 Evaluation (:func:`score_rows`) comes before training in both, which makes it prequential.
 """
 
@@ -21,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +107,7 @@ def train_window(
     rng: np.random.Generator,
     device: torch.device,
     steps: int | None = None,
-    reduce_sum: Callable[[float], float] | None = None,
+    reduce_sum: Callable[[Any], Any] | None = None,
     world: int = 1,
     epochs: int = 1,
 ) -> WindowResult:
@@ -125,6 +128,7 @@ def train_window(
     new_rows = replay_rows = 0
     loss_sum = penalty_sum = compute_s = 0.0
     order = rng.permutation(n)
+    global_sizes = _global_batch_sizes(n, batch_size, per_epoch, total, strategy, reduce_sum)
     for step in range(total):
         k = step % per_epoch if per_epoch else 0
         if per_epoch and k == 0 and step:
@@ -134,7 +138,12 @@ def train_window(
         old = strategy.replay_rows(n_new) if n_new else {}
         batch = concat_inputs([new, old]) if old else new
         n_batch = num_rows(batch)
-        n_global = reduce_sum(float(n_batch)) if reduce_sum is not None else float(n_batch)
+        if global_sizes is not None:
+            n_global = float(global_sizes[step])
+        elif reduce_sum is not None:
+            n_global = reduce_sum(float(n_batch))
+        else:
+            n_global = float(n_batch)
         tensors = to_tensors(batch, device)
         c0 = time.perf_counter()
         result = train_step(model, optimizer, tensors, strategy, world / max(n_global, 1.0))
@@ -145,6 +154,33 @@ def train_window(
         penalty_sum += result.penalty
     strategy.after_window(core, rows)
     return WindowResult(total, new_rows, replay_rows, loss_sum, penalty_sum, compute_s)
+
+
+def _global_batch_sizes(
+    n: int,
+    batch_size: int,
+    per_epoch: int,
+    total: int,
+    strategy: Strategy,
+    reduce_sum: Callable[[Any], Any] | None,
+) -> np.ndarray | None:
+    """Every step's batch size summed over the ranks, in one collective for the window, when
+    the strategy can say how many rows it will replay (``Strategy.replay_count``); None when it
+    cannot (the sizes are then summed step by step) or outside distributed training."""
+    if reduce_sum is None:
+        return None
+    local = np.zeros(total, dtype=np.float64)
+    for step in range(total):
+        k = step % per_epoch if per_epoch else 0
+        n_new = max(0, min(batch_size, n - k * batch_size)) if per_epoch else 0
+        replayed = strategy.replay_count(n_new) if n_new else 0
+        if replayed is None:
+            local = None
+            break
+        local[step] = n_new + replayed
+    # Every rank must make the same collectives: whether the sizes are known depends on the
+    # strategy's kind alone, which every rank shares.
+    return reduce_sum(local) if local is not None else None
 
 
 def score_rows(

@@ -118,6 +118,13 @@ class Strategy:
         """Old rows to mix into a step with ``n_new`` new rows (``{}`` for none)."""
         return {}
 
+    def replay_count(self, n_new: int) -> int | None:
+        """How many rows :meth:`replay_rows` will return for ``n_new`` within this window
+        (None when that is only known once drawn). Distributed training uses it to learn every
+        step's global batch size in one collective per window instead of one per step; it must
+        not draw anything. The base (no replay) says 0 unless a subclass replays."""
+        return 0 if type(self).replay_rows is Strategy.replay_rows else None
+
     def penalty(self, batch: Mapping[str, Tensor], outputs: Tensor, model: nn.Module) -> Tensor:
         """A 0-dim tensor >= 0 added to the step's task loss."""
         return zero_penalty(outputs)

@@ -88,6 +88,12 @@ class Combined(Strategy):
                 return rows
         return {}
 
+    def replay_count(self, n_new: int) -> int | None:
+        counts = [part.replay_count(n_new) for part in self.parts]
+        if any(c is None for c in counts):  # unknown for one part: unknown (on every rank)
+            return None
+        return next((c for c in counts if c), 0)  # the first part that replays supplies rows
+
     def penalty(self, batch: Mapping[str, Tensor], outputs: Tensor, model: nn.Module) -> Tensor:
         total = zero_penalty(outputs)
         for part in self.parts:

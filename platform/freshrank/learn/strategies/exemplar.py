@@ -78,6 +78,9 @@ class ExemplarReplay(Replay):
     def before_window(self, model: nn.Module, rows: Mapping[str, np.ndarray]) -> None:
         self._pool = rows if num_rows(rows) else None
 
+    def replay_count(self, n_new: int) -> int | None:
+        return None  # negatives that repeat their click's item are dropped once drawn
+
     def replay_rows(self, n_new: int) -> dict[str, np.ndarray]:
         k = int(round(n_new * self.config.mix_ratio))
         if k <= 0 or len(self.buffer) == 0 or self._pool is None:

@@ -104,6 +104,10 @@ class Replay(Strategy):
             return {}
         return self.buffer.sample(k)
 
+    def replay_count(self, n_new: int) -> int | None:
+        k = int(round(n_new * self.config.mix_ratio))
+        return k if k > 0 and len(self.buffer) > 0 else 0
+
     def after_window(self, model: nn.Module, rows: Mapping[str, np.ndarray]) -> None:
         if num_rows(rows):
             self.buffer.add(rows)
