@@ -147,6 +147,7 @@ def diginetica_config(args: argparse.Namespace) -> BacktestConfig:
         batch_size=1024,
         learning_rate=0.02,
         row_sparse=args.row_sparse,
+        table_learning_rate=args.table_lr,
         epochs=args.epochs,
         forgetting_requests=200,
     )
@@ -183,6 +184,7 @@ def simulator_config(args: argparse.Namespace) -> BacktestConfig:
         batch_size=512,
         learning_rate=0.02,  # the trainer's default (TrainConfig.learning_rate)
         row_sparse=args.row_sparse,
+        table_learning_rate=args.table_lr,
         forgetting_requests=300,
     )
 
@@ -514,6 +516,8 @@ def _command(args: argparse.Namespace, part: str) -> str:
         extra += f" --epochs {args.epochs}"
     if args.row_sparse:
         extra += " --row-sparse"
+    if args.table_lr is not None:
+        extra += f" --table-lr {args.table_lr}"
     return f"python bench/bench_backtest.py --parts {part}{extra}"
 
 
@@ -563,6 +567,9 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="every arm trains with the row-sparse optimizer (freshrank train --row-sparse)",
+    )
+    parser.add_argument(
+        "--table-lr", type=float, default=None, help="with --row-sparse: the tables' step size"
     )
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from _tiny import _model, _one_thread, _rows  # noqa: F401 (fixture)
 
 from freshrank.features.encode import ID_FEATURES, concat_inputs, slice_inputs
+from freshrank.learn.config import TrainConfig
 from freshrank.learn.optim import load_optimizer_state, make_optimizer
 from freshrank.learn.row_sparse import RowSparseOptimizer, plain_adam_state
 from freshrank.model.device import to_tensors
@@ -208,3 +209,14 @@ def test_tables_of_different_widths_take_the_general_exchange(tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
         torch.testing.assert_close(a[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_the_tables_can_take_their_own_step_size():
+    optimizer = make_optimizer(_model(), 0.01, row_sparse=True, table_learning_rate=0.1)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.01, 0.1]
+    config = TrainConfig(landing="l", registry="r", row_sparse=True, table_learning_rate=0.1)
+    assert config.table_learning_rate == 0.1
+    with pytest.raises(ValueError, match="set row_sparse=True"):
+        TrainConfig(landing="l", registry="r", table_learning_rate=0.1)
+    with pytest.raises(ValueError, match="table_learning_rate must be > 0"):
+        TrainConfig(landing="l", registry="r", row_sparse=True, table_learning_rate=0.0)

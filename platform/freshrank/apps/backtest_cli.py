@@ -157,6 +157,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=BacktestConfig.row_sparse,
         help="train with the row-sparse optimizer, as `freshrank train --row-sparse` does",
     )
+    parser.add_argument(
+        "--table-learning-rate",
+        type=float,
+        default=None,
+        help="with --row-sparse: the tables' step size (default: --learning-rate)",
+    )
     parser.add_argument("--epochs", type=int, default=BacktestConfig.epochs)
     parser.add_argument("--k", type=int, default=BacktestConfig.k, help="Recall@K / MRR@K")
     parser.add_argument(
@@ -248,6 +254,7 @@ def config_from_args(args: argparse.Namespace) -> BacktestConfig:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         row_sparse=args.row_sparse,
+        table_learning_rate=args.table_learning_rate,
         epochs=args.epochs,
         k=args.k,
         forgetting_requests=args.forgetting_requests or None,

@@ -55,6 +55,9 @@ class TrainConfig:
     (lazy Adam) steps only the rows a batch touched, and workers exchange those rows instead of
     DDP's all-reduce of every table. Off by default until its quality figures are measured
     beside dense Adam's (bench/RESULTS.md, issue 15)."""
+    table_learning_rate: float | None = None
+    """With ``row_sparse``: SparseAdam's step size for the tables (None: ``learning_rate``).
+    Lazy Adam moves a row only when a batch touches it; see bench/RESULTS.md, issue 15."""
     learning_rate: float = 0.02
     """Adam's step size. 0.02 is what the DIGINETICA backtests were tuned at (0.01-0.04 tried);
     at the earlier 3e-3 a model trained from scratch on the simulator spent its first 7 windows
@@ -134,6 +137,15 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.table_learning_rate is not None and not self.table_learning_rate > 0:
+            raise ValueError(
+                f"table_learning_rate must be > 0 or None, got {self.table_learning_rate}"
+            )
+        if self.table_learning_rate is not None and not self.row_sparse:
+            raise ValueError(
+                "table_learning_rate is the row-sparse optimizer's: set row_sparse=True "
+                "(--row-sparse) or leave it unset"
+            )
         if self.replay_capacity < 0:
             raise ValueError(f"replay_capacity must be >= 0, got {self.replay_capacity}")
         if self.replay_ratio < 0:

@@ -22,7 +22,10 @@ __all__ = ["load_optimizer_state", "make_optimizer"]
 
 
 def make_optimizer(
-    model: nn.Module, learning_rate: float, row_sparse: bool = False
+    model: nn.Module,
+    learning_rate: float,
+    row_sparse: bool = False,
+    table_learning_rate: float | None = None,
 ) -> torch.optim.Optimizer | RowSparseOptimizer:
     """Adam over ``model``'s parameters (a DDP wrapper or the bare module), fused where torch
     supports it on their device and dtype, else plain Adam (the same update).
@@ -30,6 +33,7 @@ def make_optimizer(
     With ``row_sparse`` (a bare ranker with ``table_weights()``, see ``learn.row_sparse``):
     fused Adam for the dense layers and SparseAdam for the tables, which it switches to sparse
     gradients; the optimizer's step exchanges the gradients across ranks itself (no DDP).
+    ``table_learning_rate`` (row-sparse only; default ``learning_rate``) is the tables' step.
 
     >>> opt = make_optimizer(nn.Linear(2, 1), 0.01)
     >>> type(opt).__name__, opt.param_groups[0]["lr"], opt.param_groups[0]["fused"]
@@ -48,7 +52,13 @@ def make_optimizer(
         table_ids = {id(p) for p in tables()}
         everything = list(model.parameters())
         dense = [p for p in everything if id(p) not in table_ids]
-        return RowSparseOptimizer(dense, tables(), learning_rate, order=everything)
+        return RowSparseOptimizer(
+            dense,
+            tables(),
+            learning_rate,
+            order=everything,
+            table_learning_rate=table_learning_rate,
+        )
     try:
         return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
     except (RuntimeError, TypeError, ValueError):  # pragma: no cover - older torch / devices

@@ -44,7 +44,9 @@ _KEY = "row_sparse"
 class RowSparseOptimizer:
     """Fused Adam over ``dense`` parameters and SparseAdam over ``tables`` (the embedding
     weights, whose gradients are sparse), with the gradient exchange across ranks in
-    :meth:`step`.
+    :meth:`step`. ``table_learning_rate`` (default: ``learning_rate``) is SparseAdam's: a row
+    moves only in the steps that touch it, where Adam's momentum moves it on for ~1 / (1 -
+    beta1) steps after each touch, so rarely seen rows may want a larger step.
 
     ``order`` is every parameter in the order ``model.parameters()`` gives them (dense and
     tables mixed), so that a state saved by a plain Adam over the same model loads here, and
@@ -66,9 +68,13 @@ class RowSparseOptimizer:
         tables: Sequence[nn.Parameter],
         learning_rate: float,
         order: Sequence[nn.Parameter] | None = None,
+        table_learning_rate: float | None = None,
     ) -> None:
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        table_lr = learning_rate if table_learning_rate is None else table_learning_rate
+        if not learning_rate > 0 or not table_lr > 0:
+            raise ValueError(
+                f"learning rates must be > 0, got {learning_rate} (dense) and {table_lr} (tables)"
+            )
         if not tables:
             raise ValueError("row-sparse training needs at least one table")
         self.dense_params = list(dense)
@@ -77,7 +83,7 @@ class RowSparseOptimizer:
             self.dense = torch.optim.Adam(self.dense_params, lr=learning_rate, fused=True)
         except (RuntimeError, TypeError, ValueError):  # pragma: no cover - older torch / devices
             self.dense = torch.optim.Adam(self.dense_params, lr=learning_rate)
-        self.tables = torch.optim.SparseAdam(self.table_params, lr=learning_rate)
+        self.tables = torch.optim.SparseAdam(self.table_params, lr=table_lr)
         self.exchange = GradientExchange()
         ids = {id(p): ("dense", i) for i, p in enumerate(self.dense_params)}
         ids.update({id(p): ("tables", i) for i, p in enumerate(self.table_params)})

@@ -192,7 +192,12 @@ def _consume_windows(config: TrainConfig, beat: TrainerHeartbeat | None) -> None
     if config.row_sparse:  # no DDP: the optimizer exchanges touched rows and dense grads
         model = core.to(device)
         broadcast_module(core)
-        optimizer = make_optimizer(core, config.learning_rate, row_sparse=True)
+        optimizer = make_optimizer(
+            core,
+            config.learning_rate,
+            row_sparse=True,
+            table_learning_rate=config.table_learning_rate,
+        )
     else:
         model = ray.train.torch.prepare_model(core)
         optimizer = make_optimizer(model, config.learning_rate)

@@ -30,6 +30,8 @@ class BacktestConfig:
     row_sparse: bool = False
     """Train with the row-sparse optimizer (``learn.row_sparse``: SparseAdam for the tables,
     fused Adam for the rest), as ``TrainConfig.row_sparse`` does live."""
+    table_learning_rate: float | None = None
+    """With ``row_sparse``: the tables' step size (None: ``learning_rate``)."""
     epochs: int = 1
     """Passes over each update's rows (every schedule)."""
     k: int = 20
@@ -60,6 +62,10 @@ class BacktestConfig:
             fail(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.learning_rate > 0:
             fail(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.table_learning_rate is not None and not (
+            self.row_sparse and self.table_learning_rate > 0
+        ):
+            fail(f"table_learning_rate needs row_sparse and > 0, got {self.table_learning_rate}")
         if self.epochs < 1:
             fail(f"epochs must be >= 1, got {self.epochs}")
         if self.k < 1:

@@ -166,7 +166,9 @@ def _run_arm(
                 model, optimizer = _fresh_model(config)
                 strategy = build_strategy(arm.strategy)
             elif arm.reset_optimizer:
-                optimizer = make_optimizer(model, config.learning_rate, config.row_sparse)
+                optimizer = make_optimizer(
+                    model, config.learning_rate, config.row_sparse, config.table_learning_rate
+                )
             extra_before = strategy.extra_trained_rows()
             scored_before = strategy.forward_only_rows()
             result = train_window(
@@ -233,7 +235,9 @@ def _fresh_model(
 ) -> tuple[Ranker, torch.optim.Optimizer | RowSparseOptimizer]:
     torch.manual_seed(config.seed)
     model = Ranker(config.model)
-    return model, make_optimizer(model, config.learning_rate, config.row_sparse)
+    return model, make_optimizer(
+        model, config.learning_rate, config.row_sparse, config.table_learning_rate
+    )
 
 
 def _evaluate(
