@@ -243,6 +243,7 @@ def test_global_batch_sizes_are_summed_once_per_window_when_the_strategy_knows_t
             rng=rng,
             device=torch.device("cpu"),
             reduce_sum=doubled,
+            reduce_sizes=doubled,
             world=2,
         )
         return calls, model.state_dict()

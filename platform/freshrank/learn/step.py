@@ -11,9 +11,9 @@ and one window::
     train_step -> strategy.after_window
 
 Distributed training passes ``steps`` (the same on every rank, so DDP's collectives line up),
-``reduce_sum`` (an all-reduce of a float or a float array: every step's global batch size, once
-per window when the strategy can say how many rows it replays, else step by step) and
-``world``; a single process passes none of them.
+``reduce_sum`` (an all-reduce of a float: a step's global batch size), optionally
+``reduce_sizes`` (the same over an array: every step's size in one collective per window, when
+the strategy can say how many rows it replays) and ``world``; a single process passes none.
 Evaluation (:func:`score_rows`) comes before training in both, which makes it prequential.
 """
 
@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +106,8 @@ def train_window(
     rng: np.random.Generator,
     device: torch.device,
     steps: int | None = None,
-    reduce_sum: Callable[[Any], Any] | None = None,
+    reduce_sum: Callable[[float], float] | None = None,
+    reduce_sizes: Callable[[np.ndarray], np.ndarray] | None = None,
     world: int = 1,
     epochs: int = 1,
 ) -> WindowResult:
@@ -128,7 +128,7 @@ def train_window(
     new_rows = replay_rows = 0
     loss_sum = penalty_sum = compute_s = 0.0
     order = rng.permutation(n)
-    global_sizes = _global_batch_sizes(n, batch_size, per_epoch, total, strategy, reduce_sum)
+    global_sizes = _global_batch_sizes(n, batch_size, per_epoch, total, strategy, reduce_sizes)
     for step in range(total):
         k = step % per_epoch if per_epoch else 0
         if per_epoch and k == 0 and step:
@@ -162,12 +162,12 @@ def _global_batch_sizes(
     per_epoch: int,
     total: int,
     strategy: Strategy,
-    reduce_sum: Callable[[Any], Any] | None,
+    reduce_sizes: Callable[[np.ndarray], np.ndarray] | None,
 ) -> np.ndarray | None:
     """Every step's batch size summed over the ranks, in one collective for the window, when
     the strategy can say how many rows it will replay (``Strategy.replay_count``); None when it
     cannot (the sizes are then summed step by step) or outside distributed training."""
-    if reduce_sum is None:
+    if reduce_sizes is None:
         return None
     local = np.zeros(total, dtype=np.float64)
     for step in range(total):
@@ -180,7 +180,7 @@ def _global_batch_sizes(
         local[step] = n_new + replayed
     # Every rank must make the same collectives: whether the sizes are known depends on the
     # strategy's kind alone, which every rank shares.
-    return reduce_sum(local) if local is not None else None
+    return reduce_sizes(local) if local is not None else None
 
 
 def score_rows(

@@ -430,6 +430,7 @@ def _train_window(plan: _Plan, w: _Worker, judge: Judge | None) -> WindowReport:
         device=w.device,
         steps=math.ceil(max(counts) / w.config.batch_size),
         reduce_sum=lambda v: all_reduce_sum(v, w.device),
+        reduce_sizes=lambda v: all_reduce_sum(v, w.device),
         world=world,
     )
     loss_sum = all_reduce_sum(result.task_loss_sum, w.device)
