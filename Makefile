@@ -34,6 +34,7 @@ lint: venv
 bench: venv
 	$(PY) bench/bench_simulator.py
 	$(PY) bench/bench_training.py
+	$(PY) bench/bench_row_exchange.py
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_serving.py
 	$(PY) bench/bench_swap.py
