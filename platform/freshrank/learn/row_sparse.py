@@ -33,7 +33,6 @@ __all__ = [
     "GradientExchange",
     "RowSparseOptimizer",
     "broadcast_module",
-    "exchange_gradients",
     "plain_adam_state",
 ]
 
@@ -279,12 +278,6 @@ class GradientExchange:
         all_idx = gathered[:, width:].contiguous().view(torch.int64).view(-1)
         all_val = gathered[:, :width] / world
         _assign_rows(tables, offsets, all_idx, all_val)
-
-
-def exchange_gradients(dense: Iterable[nn.Parameter], tables: Iterable[nn.Parameter]) -> None:
-    """Average every parameter's gradient over the ranks, in place, with a fresh
-    :class:`GradientExchange` (an optimizer keeps one, so its capacity carries over)."""
-    GradientExchange()(dense, tables)
 
 
 def _local_rows(
