@@ -73,6 +73,8 @@ class TrainConfig:
     """Rows each worker keeps in its replay buffer (clicks only for exemplar-replay)."""
     replay_ratio: float = 0.5
     """Replay rows mixed into each step, as a fraction of its new rows."""
+    exemplar_negatives: int = 3
+    """Current candidates paired with each replayed click (exemplar-replay parts only)."""
     lwf_alpha: float = 1.0
     """Weight of LwF's distillation term (LwF parts only; 0.25 with exemplar-replay and 0.5
     alone were best on DIGINETICA, see bench/RESULTS.md)."""
@@ -150,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"replay_capacity must be >= 0, got {self.replay_capacity}")
         if self.replay_ratio < 0:
             raise ValueError(f"replay_ratio must be >= 0, got {self.replay_ratio}")
+        if self.exemplar_negatives < 1:
+            raise ValueError(f"exemplar_negatives must be >= 1, got {self.exemplar_negatives}")
         if self.max_shards_per_window < 1:
             raise ValueError(
                 f"max_shards_per_window must be >= 1, got {self.max_shards_per_window}"
@@ -225,6 +229,7 @@ class TrainConfig:
             replay_capacity=self.replay_capacity,
             replay_ratio=self.replay_ratio,
             replay_seed=self.seed,
+            exemplar_negatives=self.exemplar_negatives,
             lwf_alpha=self.lwf_alpha,
         )
         return apply_knobs(parse_strategy(self.strategy), knobs)

@@ -54,6 +54,9 @@ class ArmResult:
     eval_s: float
     rows_scored: int = 0
     """Rows a strategy scored with a forward pass only (not in ``events_trained``)."""
+    events_per_update: tuple[int, ...] = ()
+    """``events_trained`` split by update: entry ``p - 1`` is what the update before testing
+    period ``p`` trained on (sums to ``events_trained``)."""
 
     @property
     def mean(self) -> dict[str, float]:
@@ -143,6 +146,7 @@ class BacktestReport:
                     "events_trained": a.events_trained,
                     "new_events": a.new_events,
                     "rows_scored": a.rows_scored,
+                    "events_per_update": list(a.events_per_update),
                     "train_s": a.train_s,
                     "eval_s": a.eval_s,
                 }

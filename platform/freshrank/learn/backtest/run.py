@@ -11,6 +11,7 @@ features the one ``encode``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,10 +32,14 @@ from freshrank.learn.backtest.report import ITEM_AGE_CLASSES, ArmResult, Backtes
 from freshrank.learn.optim import make_optimizer
 from freshrank.learn.row_sparse import RowSparseOptimizer
 from freshrank.learn.step import score_rows, train_window
-from freshrank.learn.strategies import build_strategy
+from freshrank.learn.strategies import (
+    CombinedConfig,
+    StrategyConfig,
+    build_strategy,
+)
 from freshrank.model.ranker import Ranker
 
-__all__ = ["BacktestProgress", "ProgressCallback", "run_backtest", "run_periods"]
+__all__ = ["BacktestProgress", "ProgressCallback", "reseeded", "run_backtest", "run_periods"]
 
 
 @dataclass(frozen=True)
@@ -151,20 +156,23 @@ def _run_arm(
     seed = config.seed
     rng = np.random.default_rng(seed)  # the same shuffles for every arm: comparable arms
     model, optimizer = _fresh_model(config)
-    strategy = build_strategy(arm.strategy)
+    strategy_config = reseeded(arm.strategy, seed)
+    strategy = build_strategy(strategy_config)
     stages = n_periods - 1
     metric_names: list[str] = []
     accuracy: dict[str, np.ndarray] = {}
     prequential: list[dict[str, float]] = []
     events_trained = new_events = rows_scored = 0
+    per_update: list[int] = []
     train_s = eval_s = 0.0
     for p in range(1, n_periods):
         t0 = time.perf_counter()
+        before = events_trained
         rows, fresh = _update_rows(arm, data, p)
         if rows is not None:
             if fresh:
                 model, optimizer = _fresh_model(config)
-                strategy = build_strategy(arm.strategy)
+                strategy = build_strategy(strategy_config)
             elif arm.reset_optimizer:
                 optimizer = make_optimizer(
                     model, config.learning_rate, config.row_sparse, config.table_learning_rate
@@ -184,6 +192,7 @@ def _run_arm(
             events_trained += result.rows + strategy.extra_trained_rows() - extra_before
             new_events += result.new_rows
             rows_scored += strategy.forward_only_rows() - scored_before
+        per_update.append(events_trained - before)
         t1 = time.perf_counter()
         # Prequential: the next period, unseen; then held-out slices for the accuracy matrix.
         metrics = _evaluate(
@@ -212,9 +221,29 @@ def _run_arm(
         events_trained=events_trained,
         new_events=new_events,
         rows_scored=rows_scored,
+        events_per_update=tuple(per_update),
         train_s=train_s,
         eval_s=eval_s,
     )
+
+
+def reseeded(config: StrategyConfig, seed: int) -> StrategyConfig:
+    """``config`` with ``seed`` added to the seed of every part that has one (replay
+    reservoirs, exemplar negatives, EWC's Fisher sample), so that a backtest's ``seed`` varies
+    the strategies' draws as well as the model's initialisation and the shuffles; seed 0
+    leaves the config as it is.
+
+    >>> from freshrank.learn.strategies import LwFConfig, ReplayConfig
+    >>> reseeded(CombinedConfig((ReplayConfig(seed=3), LwFConfig())), 2).parts[0].seed
+    5
+    """
+    if not seed:
+        return config
+    if isinstance(config, CombinedConfig):
+        return CombinedConfig(tuple(reseeded(p, seed) for p in config.parts))
+    if any(f.name == "seed" for f in dataclasses.fields(config)):
+        return dataclasses.replace(config, seed=config.seed + seed)
+    return config
 
 
 def _update_rows(

@@ -45,6 +45,10 @@ class ExemplarReplayConfig(ReplayConfig):
     """
 
     kind: ClassVar[str] = StrategyKind.EXEMPLAR_REPLAY
+    knobs: ClassVar[Mapping[str, str]] = {
+        **ReplayConfig.knobs,
+        "exemplar_negatives": "negatives",
+    }
     negatives: int = 3
     """Current candidates paired with each replayed click (3: best of 1-7 on DIGINETICA)."""
 

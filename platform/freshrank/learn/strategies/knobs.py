@@ -33,6 +33,7 @@ got 'replay'
     replay_ratio: float | None = None
     replay_positive_fraction: float | None = None
     replay_seed: int | None = None
+    exemplar_negatives: int | None = None
     ewc_lambda: float | None = None
     ewc_decay: float | None = None
     ewc_fisher_rows: int | None = None
