@@ -7,8 +7,10 @@ we tried"), kept here so that their arms stay reproducible, outside the library'
 * :class:`Anchor` (``anchor``): L2 to the window's start weights on the shared head.
 * :class:`ShrinkPerturb` (``shrink``): shrink and perturb before each window.
 * :class:`PairDistill` (``pair-distill``): teacher-labelled (context, item) pairs.
+* :class:`ExemplarDistill` (``exemplar-distill``): exemplar replay whose LwF term distils only
+  on the replayed exemplars, not on the new rows (issue 16).
 
-Nothing is registered at import: :func:`register` adds the five kinds (:class:`ExperimentalKind`)
+Nothing is registered at import: :func:`register` adds the six kinds (:class:`ExperimentalKind`)
 to a strategy registry (the library's default one unless given), after which
 ``parse_strategy("dark-replay")``, ``build_strategy(...)`` and the backtest's arm names know
 them; ``bench/bench_backtest.py`` calls it before it parses arm names. Registering twice is a
@@ -30,6 +32,8 @@ from torch import Tensor, nn
 from freshrank.core.serialization import restore_rng_state, rng_state_array
 from freshrank.features.encode import num_rows
 from freshrank.learn.strategies import (
+    ExemplarReplay,
+    ExemplarReplayConfig,
     Replay,
     ReplayConfig,
     StateDict,
@@ -49,6 +53,7 @@ from freshrank.learn.strategies.base import (
     unwrap,
     zero_penalty,
 )
+from freshrank.learn.strategies.lwf import bernoulli_kl
 from freshrank.model.device import to_tensors
 from freshrank.model.scoring import score_logits
 
@@ -58,6 +63,8 @@ __all__ = [
     "AverageConfig",
     "DarkReplay",
     "DarkReplayConfig",
+    "ExemplarDistill",
+    "ExemplarDistillConfig",
     "ExperimentalKind",
     "PairDistill",
     "PairDistillConfig",
@@ -77,6 +84,7 @@ class ExperimentalKind(StrEnum):
     ANCHOR = "anchor"
     SHRINK = "shrink"
     PAIR_DISTILL = "pair_distill"
+    EXEMPLAR_DISTILL = "exemplar_distill"
 
 
 # ------------------------------------------------------------------------------------- configs
@@ -449,11 +457,75 @@ class PairDistill(Strategy):
             restore_rng_state(self._rng, state["meta/rng"])
 
 
+@dataclass(frozen=True)
+class ExemplarDistillConfig(ExemplarReplayConfig):
+    """Exemplar replay with distillation on the exemplars only: the replayed clicks and their
+    current negatives are pulled towards the model as it was before the window (LwF's term,
+    ``alpha * T**2 * mean KL``), while the new rows learn from their labels alone.
+
+    ADER (Mi et al. 2020) distils on its exemplars; the library's exemplar-replay+lwf distils
+    on every row of a step, new ones included, which holds back what the window brings.
+
+    >>> ExemplarDistillConfig(alpha=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: ExemplarDistillConfig: alpha must be a finite number >= 0.0, got -1
+    """
+
+    kind: ClassVar[str] = ExperimentalKind.EXEMPLAR_DISTILL
+    knobs: ClassVar[Mapping[str, str]] = {**ExemplarReplayConfig.knobs, "lwf_alpha": "alpha"}
+    alpha: float = 1.0
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        check_float(name, "alpha", self.alpha, 0.0)
+        check_float(name, "temperature", self.temperature, 1e-6)
+
+
+class ExemplarDistill(ExemplarReplay):
+    """See :class:`ExemplarDistillConfig`: the replayed rows are the last ones of a step's
+    batch (``train_window`` puts the new rows first), so the penalty distils on those."""
+
+    kind = ExperimentalKind.EXEMPLAR_DISTILL
+
+    def __init__(self, config: ExemplarDistillConfig, rank: int = 0) -> None:
+        super().__init__(config, rank)
+        self.config: ExemplarDistillConfig = config
+        self._teacher: nn.Module | None = None
+        self._replayed = 0
+
+    def before_window(self, model: nn.Module, rows: Mapping[str, np.ndarray]) -> None:
+        super().before_window(model, rows)
+        self._teacher = frozen_copy(model) if len(self.buffer) and num_rows(rows) else None
+
+    def replay_rows(self, n_new: int) -> dict[str, np.ndarray]:
+        rows = super().replay_rows(n_new)
+        self._replayed = num_rows(rows) if rows else 0
+        return rows
+
+    def penalty(self, batch: Mapping[str, Tensor], outputs: Tensor, model: nn.Module) -> Tensor:
+        n = min(self._replayed, outputs.shape[0])  # a batch not built by train_window: fewer
+        if self._teacher is None or n == 0 or self.config.alpha == 0:
+            return zero_penalty(outputs)
+        t = self.config.temperature
+        old = {k: v[-n:] for k, v in batch.items()}
+        with torch.no_grad():
+            teacher = self._teacher(old) / t
+        kl = bernoulli_kl(teacher, outputs[-n:] / t)
+        return self.config.alpha * t * t * kl.mean()
+
+    def after_window(self, model: nn.Module, rows: Mapping[str, np.ndarray]) -> None:
+        super().after_window(model, rows)
+        self._teacher, self._replayed = None, 0
+
+
 # ---------------------------------------------------------------------------------- registry
 
 
 def entries() -> tuple[StrategyEntry, ...]:
-    """The registry entries of the five kinds, with their short names."""
+    """The registry entries of the six kinds, with their short names."""
     return (
         StrategyEntry(
             ExperimentalKind.DARK_REPLAY, DarkReplayConfig, DarkReplay,
@@ -470,11 +542,15 @@ def entries() -> tuple[StrategyEntry, ...]:
             ExperimentalKind.PAIR_DISTILL, PairDistillConfig, PairDistill,
             {"pair-distill": PairDistillConfig()},
         ),
+        StrategyEntry(
+            ExperimentalKind.EXEMPLAR_DISTILL, ExemplarDistillConfig, ExemplarDistill,
+            {"exemplar-distill": ExemplarDistillConfig()},
+        ),
     )  # fmt: skip
 
 
 def register(registry: StrategyRegistry | None = None) -> StrategyRegistry:
-    """Add the five kinds to ``registry`` (default: the library's default registry) and return
+    """Add the six kinds to ``registry`` (default: the library's default registry) and return
     it; registering again is a no-op.
 
     >>> from freshrank.learn.strategies import library_registry

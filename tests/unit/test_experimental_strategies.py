@@ -18,6 +18,8 @@ from experimental_strategies import (
     AverageConfig,
     DarkReplay,
     DarkReplayConfig,
+    ExemplarDistill,
+    ExemplarDistillConfig,
     ExperimentalKind,
     PairDistill,
     PairDistillConfig,
@@ -46,7 +48,7 @@ from freshrank.model.ranker import Ranker
 
 CPU = torch.device("cpu")
 REGISTRY = experimental_strategies.register(library_registry())
-"""The library's kinds and the five experimental ones (the default registry is left alone)."""
+"""The library's kinds and the six experimental ones (the default registry is left alone)."""
 
 
 def _nudge(model: Ranker, scale: float = 0.05) -> Ranker:
@@ -151,13 +153,43 @@ def test_pair_distill_pairs_one_rows_context_with_another_rows_item_at_the_teach
     np.testing.assert_allclose(out["label"], teacher, rtol=1e-5)
 
 
-def test_registering_adds_the_five_names_once_and_they_parse_and_nest():
+def test_exemplar_distill_distils_the_replayed_exemplars_only():
+    rows = _rows(seed=3, requests=40)
+    model = _model()
+    strategy = ExemplarDistill(ExemplarDistillConfig(alpha=2.0, mix_ratio=1.0, capacity=500))
+    strategy.before_window(model, rows)
+    assert strategy._teacher is None  # nothing learned yet: nothing to keep
+    strategy.after_window(model, rows)
+    assert len(strategy.buffer) == int((rows["label"] > 0.5).sum())
+    strategy.before_window(model, rows)
+    new = {k: v[:32] for k, v in rows.items()}
+    old = strategy.replay_rows(32)
+    n_old = len(old["label"])
+    assert n_old > 0 and strategy._replayed == n_old
+    batch = to_tensors({k: np.concatenate([new[k], old[k]]) for k in new}, CPU)
+    moved = _nudge(model)
+    outputs = moved(batch)
+    penalty = strategy.penalty(batch, outputs, moved)
+    assert float(penalty.detach()) > 0
+    # the new rows' outputs do not enter the penalty: change them and it stays the same
+    changed = outputs.detach().clone()
+    changed[:32] += 5.0
+    assert float(strategy.penalty(batch, changed, moved)) == pytest.approx(float(penalty))
+    # at the teacher's own outputs there is nothing to distil
+    assert float(strategy.penalty(batch, model(batch).detach(), model)) == pytest.approx(
+        0, abs=1e-6
+    )
+    strategy.after_window(model, rows)
+    assert strategy._teacher is None and strategy._replayed == 0
+
+
+def test_registering_adds_the_six_names_once_and_they_parse_and_nest():
     assert REGISTRY.kinds() == set(StrategyKind) | set(ExperimentalKind)
     assert experimental_strategies.register(REGISTRY) is REGISTRY  # again: a no-op
     assert isinstance(REGISTRY.parse("dark-replay"), DarkReplayConfig)
     combined = REGISTRY.parse("lwf+dark-replay")
     assert [type(p) for p in combined.parts] == [LwFConfig, DarkReplayConfig]
-    for name in ("average", "anchor", "shrink", "pair-distill"):
+    for name in ("average", "anchor", "shrink", "pair-distill", "exemplar-distill"):
         built = REGISTRY.build(REGISTRY.parse(name))
         assert built.kind.value == name.replace("-", "_")
     assert set(REGISTRY.build(combined).state_dict()) >= {"0.lwf/meta/windows"}

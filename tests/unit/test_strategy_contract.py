@@ -30,6 +30,7 @@ from experimental_strategies import (
     AnchorConfig,
     AverageConfig,
     DarkReplayConfig,
+    ExemplarDistillConfig,
     PairDistillConfig,
     ShrinkConfig,
 )
@@ -194,6 +195,7 @@ BENCH_CASES = [
     _bench_case("anchor", AnchorConfig(lam=5.0)),
     _bench_case("shrink", ShrinkConfig(shrink=0.9, noise=0.01), moves_weights=True),
     _bench_case("pair-distill", PairDistillConfig(mix_ratio=0.5)),
+    _bench_case("exemplar-distill", ExemplarDistillConfig(capacity=64, alpha=0.5)),
 ]
 BUFFER_CASES = [
     Case("buffer-reservoir", lambda seed: ReservoirBuffer(40, seed=seed), False),
