@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 
 from freshrank.apps.backtest_cli import add_arguments, config_from_args, parse_periods
-from freshrank.apps.cli import build_parser
+from freshrank.apps.backtest_cli import main as backtest_main
+from freshrank.apps.cli import build_parser, dataclass_from_args
 from freshrank.apps.cli import main as freshrank_main
-from freshrank.learn.backtest import DigineticaData, ParquetData, Schedule, SimulatorData
+from freshrank.learn.backtest import (
+    DigineticaData,
+    ParquetData,
+    Schedule,
+    SimulatorData,
+    default_candidates,
+)
+from freshrank.learn.config import TrainConfig
 from freshrank.learn.strategies import CombinedConfig, LwFConfig, ReplayConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +103,47 @@ def test_job_runs_from_the_command_line(capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["name"] == "simulator" and captured.err == ""
     assert "bench" not in (ROOT / "jobs" / "backtest.py").read_text().split('"""')[2]
+
+
+SELECT = [
+    "--data=simulator", "--sim-periods=5", "--sim-requests=60", "--sim-users=30",
+    "--sim-items=30", "--user-buckets=32", "--item-buckets=32", "--query-buckets=32",
+    "--embedding-dim=4", "--forgetting-requests=5", "--select", "--seeds=0,1",
+    "--select-learning-rates=", "--k=3",
+]  # fmt: skip
+
+
+def test_select_prints_the_search_the_test_figures_and_the_live_command(tmp_path, capsys):
+    out = tmp_path / "selection.json"
+    assert freshrank_main(["backtest", *SELECT, f"--output={out}"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["selection_periods"] == ["sim1", "sim2"]
+    assert result["test_periods"] == ["sim3", "sim4"]
+    assert result["metrics"] == ["recall@3", "mrr@3"]
+    tried = {c["name"] for c in result["candidates"]}
+    assert len(tried) == len(default_candidates())  # no stage 2 with no other rates
+    assert all(len(c["figures"]["mrr@3"]["values"]) == 2 for c in result["candidates"])
+    assert set(result["final"]) >= {"finetune", "joint"}
+    flags = " ".join(result["train_flags"])
+    assert f"freshrank train --landing LANDING --registry REGISTRY {flags}" in captured.err
+    assert "on the test periods (reported once, after choosing):" in captured.err
+    assert result["message"] in captured.err
+    assert json.loads(out.read_text())["message"] == result["message"]
+
+
+def test_select_on_too_few_periods_says_how_many_it_needs(capsys):
+    argv = [a if a != "--sim-periods=5" else "--sim-periods=4" for a in SELECT]
+    with pytest.raises(SystemExit):
+        backtest_main(argv)
+    assert "at least 5 periods" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("candidate", default_candidates(), ids=lambda c: c.name)
+def test_a_candidates_flags_run_it_live_as_searched(candidate):
+    args = build_parser().parse_args(
+        ["train", "--landing", "l", "--registry", "r", *candidate.train_flags(0.02)]
+    )
+    config = dataclass_from_args(TrainConfig, args)
+    assert config.strategy_config() == candidate.strategy_config()
+    assert config.learning_rate == 0.02

@@ -3,6 +3,12 @@
     freshrank backtest --data simulator --sim-periods 8 --shift-at 4
     freshrank backtest --data diginetica --periods 0-16 --train-candidates 3 --output r.json
     freshrank backtest --data parquet --parquet week1.parquet week2.parquet week3.parquet
+    freshrank backtest --data diginetica --select --jobs 2
+
+``--select`` chooses a strategy honestly: it searches strategies and their knobs on the first
+half of the tested periods only (``--selection-periods``), over ``--seeds``, then reports the
+choice once on the later periods and prints the ``freshrank train`` options that run it live
+(``learn.backtest.selection``).
 
 Runs in this process (no Ray; ``jobs/backtest.py`` submits it as a Ray job). Progress lines go
 to stderr; stdout gets a JSON summary (per arm: mean prequential metrics, backward transfer,
@@ -34,9 +40,14 @@ from freshrank.learn.backtest import (
     DataSource,
     DigineticaData,
     ParquetData,
+    SelectionConfig,
+    SelectionReport,
     SimulatorData,
+    Spread,
     arms_from_names,
+    default_candidates,
     run_backtest,
+    run_selection,
 )
 from freshrank.learn.strategies import EWCConfig, LwFConfig, ReplayConfig
 from freshrank.model.config import RankerConfig
@@ -47,6 +58,8 @@ __all__ = [
     "config_from_args",
     "main",
     "parse_periods",
+    "selection_config_from_args",
+    "selection_text",
     "summary",
 ]
 
@@ -107,6 +120,8 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    if args.select:
+        return _cmd_select(args, config)
     report = run_backtest(config, progress=_print_progress if args.progress else None)
     if args.output:
         path = Path(args.output)
@@ -115,6 +130,88 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
         print(f"[freshrank backtest] wrote {path}", file=sys.stderr, flush=True)
     print(json.dumps(summary(report), indent=2), flush=True)
     return 0
+
+
+def _cmd_select(args: argparse.Namespace, config: BacktestConfig) -> int:
+    selection = selection_config_from_args(args)
+    say = _log if args.progress else None
+    report = run_selection(config, selection, progress=say)
+    if args.output:
+        path = Path(args.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        _log(f"wrote {path}")
+    print(selection_text(report), file=sys.stderr, flush=True)
+    print(json.dumps(report.to_dict(), indent=2), flush=True)
+    return 0
+
+
+def selection_config_from_args(args: argparse.Namespace) -> SelectionConfig:
+    """A :class:`SelectionConfig` from the ``--select`` options."""
+    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    rates = tuple(float(r) for r in args.select_learning_rates.split(",") if r.strip())
+    return SelectionConfig(
+        selection_periods=args.selection_periods,
+        seeds=seeds,
+        candidates=default_candidates(),
+        learning_rates=rates,
+        metrics=tuple(m.strip() for m in args.select_metrics.split(",") if m.strip()),
+        max_events_vs_joint=args.max_events_vs_joint,
+        jobs=args.jobs,
+    )
+
+
+def _spread(s: Spread, digits: int = 4) -> str:
+    return f"{s.mean:.{digits}f} [{s.low:.{digits}f}, {s.high:.{digits}f}]"
+
+
+def selection_text(report: SelectionReport) -> str:
+    """What ``--select`` prints for people: every candidate on the selection periods, the
+    choice on the test periods beside fine-tuning and joint, and the command to run it live."""
+    m = report.metrics
+    w = max(len(n) for n in [c.name for c in report.candidates] + list(report.final)) + 1
+    lines = [
+        f"selection periods {report.selection_periods[0]}-{report.selection_periods[-1]}, "
+        f"test periods {report.test_periods[0]}-{report.test_periods[-1]}, "
+        f"seeds {', '.join(map(str, report.seeds))} (mean [min, max])",
+        "",
+        "on the selection periods:",
+        f"  {'finetune':<{w}} " + "  ".join(f"{k} {_spread(report.baseline[k])}" for k in m),
+        f"  {'joint':<{w}} " + "  ".join(f"{k} {_spread(report.reference[k])}" for k in m),
+    ]
+    for c in report.candidates:
+        verdict = ", ".join(f"{k}: {v}" for k, v in c.versus_baseline.items())
+        lines.append(
+            f"  {c.name:<{w}} "
+            + "  ".join(f"{k} {_spread(c.figures[k])}" for k in m)
+            + f"  gap closed {c.score:+.0%}  events {c.events_vs_joint:.1%} of joint"
+            + f"  vs finetune: {verdict}"
+        )
+    lines += ["", report.message + ".", "", "on the test periods (reported once, after choosing):"]
+    base = report.final["finetune"]["test"]
+    for name, halves in report.final.items():
+        test = halves["test"]
+        verdict = (
+            ""
+            if name == "finetune"
+            else "  vs finetune: " + ", ".join(f"{k}: {test[k].compare(base[k])}" for k in m)
+        )
+        lines.append(
+            f"  {name:<{w}} "
+            + "  ".join(f"{k} {_spread(test[k])}" for k in m)
+            + f"  events {report.events_vs_joint[name]['test']:.1%} of joint{verdict}"
+        )
+    flags = " ".join(report.train_flags())
+    lines += [
+        "",
+        "run it live:",
+        f"  freshrank train --landing LANDING --registry REGISTRY {flags}",
+    ]
+    return "\n".join(lines)
+
+
+def _log(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} [freshrank backtest] {line}", file=sys.stderr, flush=True)
 
 
 def _print_progress(p: BacktestProgress) -> None:
@@ -172,6 +269,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests per held-out slice for the accuracy matrix (0: skip forgetting)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    select = parser.add_argument_group("strategy selection (--select)")
+    select.add_argument(
+        "--select",
+        action="store_true",
+        help="search strategies and knobs on the selection periods, report the choice on the "
+        "test periods and print the `freshrank train` options that run it (--arms is ignored)",
+    )
+    select.add_argument(
+        "--selection-periods",
+        type=int,
+        default=None,
+        help="tested periods to select on, from period 1 (default: half of them)",
+    )
+    select.add_argument(
+        "--seeds", default="0,1,2", help="seeds of every configuration (default: %(default)s)"
+    )
+    select.add_argument(
+        "--select-learning-rates",
+        default="0.01,0.03",
+        help="learning rates the best candidates are tried at again (default: %(default)s)",
+    )
+    select.add_argument(
+        "--select-metrics",
+        default="recall@{k},mrr@{k}",
+        help="metrics a choice must beat fine-tuning on beyond noise (default: %(default)s)",
+    )
+    select.add_argument(
+        "--max-events-vs-joint",
+        type=float,
+        default=None,
+        help="choose only what trains on at most this share of joint retraining's events",
+    )
+    select.add_argument(
+        "--jobs", type=int, default=1, help="backtests run at once, each in its own process"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
     parser.add_argument(
         "--progress",
