@@ -151,11 +151,13 @@ def half_figures(arm: ArmResult, first: int, last: int, k: int) -> dict[str, flo
         values = [m.get(name, float("nan")) for m in chosen]
         finite = [v for v in values if math.isfinite(v)]
         out[name] = float(np.mean(finite)) if finite else float("nan")
-    matrix = arm.accuracy.get(f"recall@{k}")
-    if matrix is not None and matrix.size:
-        out[f"bwt recall@{k}"] = backward_transfer(matrix[first - 1 : last, first - 1 : last + 1])
-    else:
-        out[f"bwt recall@{k}"] = float("nan")
+    for metric in (f"recall@{k}", "auc"):
+        matrix = arm.accuracy.get(metric)
+        out[f"bwt {metric}"] = (
+            backward_transfer(matrix[first - 1 : last, first - 1 : last + 1])
+            if matrix is not None and matrix.size
+            else float("nan")
+        )
     out["events"] = float(sum(arm.events_per_update[first - 1 : last]))
     return out
 
@@ -457,6 +459,15 @@ def _run_task(config: BacktestConfig, n_tested: int) -> BacktestReport:
     return run_periods(_load(config.data)[: n_tested + 1], config)
 
 
+def _chunks(arms: tuple[Arm, ...], n: int) -> list[tuple[Arm, ...]]:
+    """``arms`` dealt round-robin into at most ``n`` non-empty chunks.
+
+    >>> [len(c) for c in _chunks(tuple(Arm(str(i)) for i in range(5)), 2)]
+    [3, 2]
+    """
+    return [arms[i::n] for i in range(min(n, len(arms)))]
+
+
 class _Runner:
     """Runs (learning rate, arms) groups over every seed, in this process or in a pool."""
 
@@ -469,6 +480,7 @@ class _Runner:
         say: Progress,
     ) -> None:
         self.config, self.periods, self.seeds, self.say = config, periods, selection.seeds, say
+        self.chunks = 1 if periods is not None else selection.jobs
         self.pool: ProcessPoolExecutor | None = None
         if periods is None:
             self.pool = ProcessPoolExecutor(
@@ -476,10 +488,13 @@ class _Runner:
             )
 
     def run(self, groups: Sequence[tuple[float, Sequence[Arm]]], n_tested: int) -> _Runs:
+        # Arms are independent (each draws its own shuffles from the seed), so a pool splits a
+        # group's arms into one chunk per worker: every process busy, the same numbers.
         tasks = [
-            (lr, dataclasses.replace(self.config, arms=tuple(arms), learning_rate=lr, seed=seed))
+            (lr, dataclasses.replace(self.config, arms=chunk, learning_rate=lr, seed=seed))
             for lr, arms in groups
             for seed in self.seeds
+            for chunk in _chunks(tuple(arms), self.chunks)
         ]
         out: _Runs = {}
         if self.pool is None:
