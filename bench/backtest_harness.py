@@ -37,6 +37,7 @@ from freshrank.learn.backtest import (
     BacktestProgress,
     BacktestReport,
     Schedule,
+    Spread,
     run_backtest,
 )
 
@@ -127,6 +128,51 @@ def comparison_markdown(report: BacktestReport) -> str:
         cells += [f"{a.events_trained:,}", ratio, f"{a.wall_s:.1f}"]
         lines.append(f"| {a.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def spread_markdown(reports: Sequence[BacktestReport], baseline: str = "finetune") -> str:
+    """The comparison table over seeds: per arm, each figure's mean [min, max] over
+    ``reports`` (one per seed, same arms), and whether it is above or below ``baseline``
+    beyond noise (the ranges do not overlap) or within noise, on Recall@K and MRR@K."""
+    k = reports[0].k
+    metrics = [f"recall@{k}", f"mrr@{k}", "auc", "gauc", "ndcg@10"]
+    judged = metrics[:2]
+    head = (
+        "| strategy | "
+        + " | ".join(_label(m) for m in metrics)
+        + f" | BWT {_label(f'recall@{k}')} | events vs joint | vs {baseline} |"
+    )
+    lines = [head, "|" + "---|" * (len(metrics) + 4)]
+    names = [a.name for a in reports[0].arms]
+    joint = next((a.name for a in reports[0].arms if a.schedule is Schedule.JOINT), None)
+
+    def spread(name: str, metric: str) -> Spread:
+        if metric == "bwt":
+            return Spread.of([r.arm(name).bwt(f"recall@{k}") for r in reports])
+        return Spread.of([r.arm(name).mean[metric] for r in reports])
+
+    for name in names:
+        cells = [_spread(spread(name, m)) for m in metrics]
+        cells.append(_spread(spread(name, "bwt"), signed=True))
+        ratio = "—"
+        if joint is not None:
+            shares = [r.arm(name).events_trained / r.arm(joint).events_trained for r in reports]
+            ratio = f"{np.mean(shares):.1%}"
+        if name == baseline or baseline not in names:
+            verdict = "—"
+        else:
+            verdict = ", ".join(
+                f"{_label(m)}: {spread(name, m).compare(spread(baseline, m))}" for m in judged
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} | {verdict} |")
+    return "\n".join(lines)
+
+
+def _spread(s: Spread, signed: bool = False) -> str:
+    if not math.isfinite(s.mean):
+        return "—"
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f"{f.format(s.mean)} [{f.format(s.low)}, {f.format(s.high)}]"
 
 
 def item_age_markdown(report: BacktestReport) -> str:
@@ -248,12 +294,6 @@ def _label(metric: str) -> str:
     return {"recall": "Recall", "mrr": "MRR", "ndcg": "NDCG"}.get(head, head) + (
         f"@{k}" if k else ""
     )
-
-
-def _fmt(value: float | None, signed: bool = False) -> str:
-    if value is None or not math.isfinite(value):
-        return "—"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:

@@ -53,6 +53,7 @@ from freshrank.learn.backtest import (
     Schedule,
     SimulatorData,
     arms_from_names,
+    run_seeds,
 )
 from freshrank.learn.strategies import EWCConfig, ExemplarReplayConfig, LwFConfig, ReplayConfig
 from freshrank.model.config import RankerConfig
@@ -205,7 +206,7 @@ def run_diginetica(args: argparse.Namespace) -> str | None:
     config = diginetica_config(args)
     out = _output_dir("diginetica", args)
     t0 = time.perf_counter()
-    report = harness.run(config, out, progress=args.progress).report
+    report, seeds = _run(config, out, args)
     wall = time.perf_counter() - t0
     table = harness.comparison_markdown(report)
     print(table)
@@ -213,7 +214,50 @@ def run_diginetica(args: argparse.Namespace) -> str | None:
     if not {"finetune", "joint"} <= names:
         print("[bench_backtest] no gap analysis: it needs the finetune and joint arms")
         return table + "\n\n" + harness.item_age_markdown(report)
-    return _diginetica_body(report, config, wall, args, out)
+    return _diginetica_body(report, config, wall, args, out) + _seeds_body(seeds, args)
+
+
+def _run(
+    config: BacktestConfig, out: Path, args: argparse.Namespace
+) -> tuple[BacktestReport, list[BacktestReport]]:
+    """Seed 0's report (written to ``out`` with its plots) and, with ``--seeds``, every
+    seed's (``run_seeds``: ``--jobs`` processes; the first is seed 0's)."""
+    seeds = _seeds(args)
+    if len(seeds) == 1:
+        return harness.run(config, out, progress=args.progress).report, []
+    reports = run_seeds(
+        config,
+        seeds,
+        jobs=args.jobs,
+        progress=lambda line: print(f"{time.strftime('%H:%M:%S')} [bench_backtest] {line}"),
+        initializer=experimental_strategies.register,
+    )
+    harness.write_report(reports[0], out)
+    return reports[0], reports
+
+
+def _seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    if not seeds or seeds[0] != 0:
+        raise SystemExit("--seeds must start with 0 (the tables above are seed 0's)")
+    return seeds
+
+
+def _seeds_body(reports: list[BacktestReport], args: argparse.Namespace) -> str:
+    if not reports:
+        return ""
+    return "\n".join(
+        [
+            "",
+            "",
+            f"**Over seeds** {', '.join(map(str, _seeds(args)))} (mean [min, max]; a seed sets "
+            "the initialisation, the shuffles and the strategies' draws, the data stays the "
+            'same). "above"/"below" fine-tuning only when the ranges do not overlap, '
+            'else "within noise":',
+            "",
+            harness.spread_markdown(reports),
+        ]
+    )
 
 
 def _scored_note(report: BacktestReport) -> list[str]:
@@ -306,7 +350,7 @@ def run_simulator(args: argparse.Namespace) -> str:
     config = simulator_config(args)
     out = _output_dir("simulator", args)
     t0 = time.perf_counter()
-    report = harness.run(config, out, progress=args.progress).report
+    report, seeds = _run(config, out, args)
     wall = time.perf_counter() - t0
     print(harness.comparison_markdown(report))
     data = config.data
@@ -351,7 +395,7 @@ def run_simulator(args: argparse.Namespace) -> str:
         "",
         per_period,
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + _seeds_body(seeds, args)
 
 
 # ----------------------------------------------------------------------------------- tables
@@ -512,6 +556,8 @@ def _machine() -> str:
 
 def _command(args: argparse.Namespace, part: str) -> str:
     extra = " --quick" if args.quick else ""
+    if args.seeds != "0":
+        extra += f" --seeds {args.seeds}"
     if part == "diginetica" and args.epochs != 2:
         extra += f" --epochs {args.epochs}"
     if args.row_sparse:
@@ -571,6 +617,12 @@ def main() -> None:
     parser.add_argument(
         "--table-lr", type=float, default=None, help="with --row-sparse: the tables' step size"
     )
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="every arm over these seeds (first 0), with a mean [min, max] table (e.g. 0,1,2)",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="with --seeds: processes at once")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()

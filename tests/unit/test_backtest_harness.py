@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import backtest_harness as harness
+import numpy as np
 import pytest
 from test_backtest import ARMS, DATA, _config
 
 from freshrank.events.simulator import SimulatorConfig
-from freshrank.learn.backtest import BacktestProgress, run_periods
+from freshrank.learn.backtest import BacktestProgress, run_periods, run_seeds
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,23 @@ def test_markdown_tables(report):
     assert f"Recall@3 new ({clicks['new']:,} clicks)" in ages
     assert harness._fmt(float("nan")) == "—" and harness._fmt(0.1, signed=True) == "+0.1000"
     assert harness._label("recall@20") == "Recall@20" and harness._label("logloss") == "log loss"
+
+
+def test_spread_table_over_seeds_says_above_below_or_within_noise():
+    config = _config(arms=(ARMS[0], ARMS[1], ARMS[3]), learning_rate=0.02)
+    reports = run_seeds(config, (0, 1, 2), periods=DATA.load())
+    table = harness.spread_markdown(reports)
+    lines = table.splitlines()
+    assert lines[0].startswith("| strategy | Recall@3 | MRR@3 | AUC |")
+    assert lines[0].endswith("| BWT Recall@3 | events vs joint | vs finetune |")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:]}
+    assert set(rows) == {"static", "finetune", "joint"}
+    aucs = [r.arm("static").mean["auc"] for r in reports]
+    assert rows["static"][3] == f"{np.mean(aucs):.4f} [{min(aucs):.4f}, {max(aucs):.4f}]"
+    assert rows["finetune"][-1] == "— |" and rows["joint"][-2] == "100.0%"
+    verdicts = rows["static"][-1].removesuffix(" |").split(", ")
+    assert [v.split(": ")[0] for v in verdicts] == ["Recall@3", "MRR@3"]
+    assert all(v.split(": ")[1] in {"above", "below", "within noise"} for v in verdicts)
 
 
 def test_tqdm_progress_follows_the_callbacks(capsys):

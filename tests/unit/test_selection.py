@@ -22,10 +22,13 @@ from freshrank.learn.backtest import (
     SimulatorData,
     Spread,
     run_periods,
+    run_seeds,
     run_selection,
     split_tested_periods,
 )
-from freshrank.learn.backtest.arms import Arm
+from freshrank.learn.backtest.arms import Arm, Schedule
+
+JOINT = Schedule.JOINT
 
 DATA = SimulatorData(
     SimulatorConfig(seed=2, n_users=60, n_items=40, n_categories=4, list_size=5),
@@ -237,3 +240,14 @@ def test_bad_selection_configs_name_the_field():
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
         Candidate("lwf", learning_rate=0.0)
     assert isinstance(Candidate("exemplar-replay").arm(), Arm)
+
+
+def test_run_seeds_is_run_periods_once_per_seed(periods):
+    config = _config(learning_rate=0.02, arms=(Candidate("replay").arm(), Arm("joint", JOINT)))
+    reports = run_seeds(config, (0, 3), periods=periods[:3])
+    assert [r.periods for r in reports] == [("sim0", "sim1", "sim2")] * 2
+    for seed, report in zip((0, 3), reports, strict=True):
+        alone = run_periods(periods[:3], dataclasses.replace(config, seed=seed))
+        for mine, theirs in zip(report.arms, alone.arms, strict=True):
+            assert (mine.name, mine.series("auc")) == (theirs.name, theirs.series("auc"))
+            assert mine.events_trained == theirs.events_trained

@@ -50,6 +50,7 @@ from freshrank.learn.backtest.selection import (
     SelectionConfig,
     SelectionReport,
     half_figures,
+    run_seeds,
     run_selection,
     split_tested_periods,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "reseeded",
     "run_backtest",
     "run_periods",
+    "run_seeds",
     "run_selection",
     "split_by_request",
     "split_tested_periods",

@@ -50,6 +50,7 @@ __all__ = [
     "SelectionConfig",
     "SelectionReport",
     "half_figures",
+    "run_seeds",
     "run_selection",
     "split_tested_periods",
 ]
@@ -381,6 +382,42 @@ def _groups(
     for c in candidates:
         groups.setdefault(c.learning_rate or base_lr, []).append(c.arm())
     return list(groups.items())
+
+
+def run_seeds(
+    config: BacktestConfig,
+    seeds: Sequence[int],
+    jobs: int = 1,
+    periods: Sequence[Period] | None = None,
+    progress: Progress | None = None,
+    initializer: Callable[[], None] | None = None,
+) -> list[BacktestReport]:
+    """``config`` once per seed (its ``seed`` replaced), ``jobs`` backtests at once: one
+    report per seed, in order, each as :func:`run_periods` would return it."""
+    selection = SelectionConfig(seeds=tuple(seeds), jobs=jobs)
+    loaded = list(periods) if periods is not None else _load(config.data)
+    in_process = periods is not None or jobs == 1
+    runner = _Runner(
+        config, loaded if in_process else None, selection, initializer, progress or _quiet
+    )
+    try:
+        runs = runner.run([(config.learning_rate, config.arms)], len(loaded) - 1)
+    finally:
+        runner.close()
+    return [
+        BacktestReport(
+            name=config.name,
+            periods=tuple(p.name for p in loaded),
+            arms=tuple(runs[config.learning_rate, a.name][i] for a in config.arms),
+            k=config.k,
+            events_per_period=tuple(p.train.num_rows for p in loaded),
+        )
+        for i in range(len(selection.seeds))
+    ]
+
+
+def _quiet(_line: str) -> None:
+    pass
 
 
 def _ranked(results: Sequence[CandidateResult], budget: float | None) -> list[CandidateResult]:
