@@ -65,10 +65,15 @@ SIM_FIGURES = ("mrr@20", "auc", "gauc", "ndcg@10", "bwt auc")
 
 
 def candidates() -> tuple[Candidate, ...]:
-    """The library's search space plus the experimental exemplar distillation."""
+    """The library's search space plus the experimental exemplar distillation and two
+    neighbours of exemplar replay + LwF (more exemplars per step, more negatives)."""
     experimental_strategies.register()
     extra = tuple(Candidate("exemplar-distill", lwf_alpha=a) for a in (0.25, 0.5, 1.0))
-    return default_candidates() + extra
+    more = (  # more exemplars per step (the events budget allows about 0.75 on DIGINETICA)
+        Candidate("exemplar-replay+lwf", lwf_alpha=0.25, replay_ratio=0.75),
+        Candidate("exemplar-replay+lwf", lwf_alpha=0.25, exemplar_negatives=5),
+    )
+    return default_candidates() + extra + more
 
 
 def diginetica_config(path: str | None, quick: bool) -> BacktestConfig:
@@ -187,6 +192,32 @@ def final_table(report: SelectionReport, figures: tuple[str, ...]) -> str:
     return "\n".join(rows)
 
 
+def test_table(report: SelectionReport, figures: tuple[str, ...]) -> str:
+    """Every configuration tried, on the test periods (run after the choice was made)."""
+    head = (
+        ["configuration", "chosen"]
+        + list(figures)
+        + [f"gap closed {m}" for m in report.metrics]
+        + ["events vs joint", "vs finetune"]
+    )
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = report.final["finetune"]["test"]
+    for name, halves in report.final.items():
+        if name in ("finetune", "joint"):
+            continue
+        figs = halves["test"]
+        rows.append(
+            f"| {name} | {'yes' if report.chosen and name == report.chosen.name else ''} | "
+            + " | ".join(_s(figs[f]) for f in figures)
+            + " | "
+            + " | ".join(_pct(_gap(report, name, "test", m)) for m in report.metrics)
+            + f" | {report.events_vs_joint[name]['test']:.1%} | "
+            + ", ".join(f"{m}: {figs[m].compare(base[m])}" for m in report.metrics)
+            + " |"
+        )
+    return "\n".join(rows)
+
+
 def selection_body(
     report: SelectionReport, command: str, wall: float, note: str, figures: tuple[str, ...]
 ) -> str:
@@ -233,6 +264,14 @@ def selection_body(
             + ", ".join(f"{m} {means[m]:.0%} ({_pct(gaps[m])})" for m in report.metrics)
             + f", at {shares:.1%} of joint's events: goal (≥ 100% on both at ≤ "
             f"{EVENTS_GOAL:.0%}) {'met' if met else '**not met**'}.",
+        ]
+    if len(report.final) > 3:
+        lines += [
+            "",
+            "**Every configuration on the test periods** (run after the choice, for the "
+            "record: they could not change it; gap closed per seed, mean [min, max]):",
+            "",
+            test_table(report, figures),
         ]
     flags = " ".join(report.train_flags())
     lines += ["", f"Run it live: `freshrank train --landing ... --registry ... {flags}`"]
@@ -339,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             config = diginetica_config(str(directory), args.quick)
-            selection = SelectionConfig(seeds=seeds, candidates=candidates(), jobs=args.jobs)
+            selection = SelectionConfig(
+                seeds=seeds, candidates=candidates(), jobs=args.jobs, report_all=True
+            )
             report, wall = run_part(config, selection, args)
             note = (
                 "DIGINETICA protocol of `bench_backtest.py` (held-out session's next view "
@@ -352,7 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     if "simulator" in parts:
         config = simulator_config(args.quick)
         selection = SelectionConfig(
-            seeds=seeds, candidates=candidates(), jobs=args.jobs, metrics=("auc", "mrr@{k}")
+            seeds=seeds,
+            candidates=candidates(),
+            jobs=args.jobs,
+            metrics=("auc", "mrr@{k}"),
+            report_all=True,
         )
         report, wall = run_part(config, selection, args)
         note = (

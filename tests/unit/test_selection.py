@@ -251,3 +251,16 @@ def test_run_seeds_is_run_periods_once_per_seed(periods):
         for mine, theirs in zip(report.arms, alone.arms, strict=True):
             assert (mine.name, mine.series("auc")) == (theirs.name, theirs.series("auc"))
             assert mine.events_trained == theirs.events_trained
+
+
+def test_report_all_shows_every_candidate_on_the_test_periods_without_changing_the_choice(
+    report, periods
+):
+    everything = run_selection(_config(), _selection(report_all=True), periods=periods)
+    assert everything.chosen.name == report.chosen.name
+    assert set(everything.final) == {"finetune", "joint"} | {c.name for c in report.candidates}
+    for c in everything.candidates:
+        assert everything.final[c.name]["selection"]["auc"].values == c.figures["auc"].values
+        assert len(everything.final[c.name]["test"]["auc"].values) == 2
+    chosen = report.chosen.name
+    assert everything.final[chosen] == report.final[chosen]

@@ -82,6 +82,10 @@ class SelectionConfig:
     """Eligible only at most this share of joint retraining's events (None: any)."""
     jobs: int = 1
     """Backtests run at once, each in its own process (1: in this process)."""
+    report_all: bool = False
+    """After the choice, run every configuration tried over every period too, so that the
+    report shows each one's test figures beside the choice's (the choice is already made:
+    they cannot change it)."""
 
     def __post_init__(self) -> None:
         def fail(msg: str) -> None:
@@ -217,8 +221,9 @@ class SelectionReport:
     chosen: CandidateResult | None
     """None when no candidate was eligible: keep fine-tuning."""
     final: dict[str, dict[str, dict[str, Spread]]]
-    """arm (``finetune``, ``joint``, the chosen name) -> ``selection`` / ``test`` -> figure ->
-    spread, from the runs over every period made after the choice."""
+    """arm (``finetune``, ``joint``, the chosen name; every candidate's with ``report_all``)
+    -> ``selection`` / ``test`` -> figure -> spread, from the runs over every period made
+    after the choice."""
     events_vs_joint: dict[str, dict[str, float]]
     """arm -> half -> its events as a share of joint retraining's over that half."""
     max_events_vs_joint: float | None = None
@@ -347,10 +352,13 @@ def run_selection(
         chosen = eligible[0] if eligible else None
         say(f"selection: {chosen.name if chosen else 'nothing'} chosen; running every period")
         # The choice is made: now, and only now, every period (the test periods included).
-        finals = runner.run(_groups(base_lr, base, [chosen.candidate] if chosen else []), n - 1)
+        shown = ([chosen] if chosen else []) + (
+            [r for r in ordered if r is not chosen] if selection.report_all else []
+        )
+        finals = runner.run(_groups(base_lr, base, [r.candidate for r in shown]), n - 1)
     finally:
         runner.close()
-    final, shares = _final_figures(finals, chosen, s, n - 1, config.k, base_lr)
+    final, shares = _final_figures(finals, shown, s, n - 1, config.k, base_lr)
     names = tuple(p.name for p in loaded)
     return SelectionReport(
         name=config.name,
@@ -461,15 +469,15 @@ class _Context:
 
 def _final_figures(
     finals: _Runs,
-    chosen: CandidateResult | None,
+    shown: Sequence[CandidateResult],
     s: int,
     tested: int,
     k: int,
     base_lr: float,
 ) -> tuple[dict[str, dict[str, dict[str, Spread]]], dict[str, dict[str, float]]]:
     arms = {BASELINE: finals[base_lr, BASELINE], REFERENCE: finals[base_lr, REFERENCE]}
-    if chosen is not None:
-        arms[chosen.name] = finals[chosen.learning_rate, chosen.candidate.name]
+    for r in shown:
+        arms[r.name] = finals[r.learning_rate, r.candidate.name]
     final: dict[str, dict[str, dict[str, Spread]]] = {}
     for name, runs in arms.items():
         final[name] = {}
