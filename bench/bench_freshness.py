@@ -115,6 +115,8 @@ def run_arm(
         num_workers=args.workers,
         idle_timeout_s=30.0,
         max_windows=1 if name == "relaunch" else None,
+        **({"strategy": args.strategy} if args.strategy else {}),
+        **({"lwf_alpha": args.lwf_alpha} if args.lwf_alpha is not None else {}),
     )
     produce = ProducerConfig(
         landing_path=str(landing),
@@ -188,6 +190,10 @@ def main() -> None:
         "take every CPU cycle the trainer leaves and measure the machine, not the pipeline",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--strategy", default=None, help=f"trainer strategy (default: {TrainConfig.strategy})"
+    )
+    p.add_argument("--lwf-alpha", type=float, default=None, help="with an LwF part")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
 
@@ -200,8 +206,11 @@ def main() -> None:
     lines = [
         f"Command: `python bench/bench_freshness.py --seconds {args.seconds:g} "
         f"--events-per-second {args.events_per_second:g} --shard-events {args.shard_events} "
-        f"--request-rate {args.request_rate:g}` "
-        f"(load average {os.getloadavg()[0]:.1f}).",
+        f"--request-rate {args.request_rate:g}"
+        + (f" --strategy {args.strategy}" if args.strategy else "")
+        + (f" --lwf-alpha {args.lwf_alpha:g}" if args.lwf_alpha is not None else "")
+        + f"` (strategy {args.strategy or TrainConfig.strategy}; "
+        f"load average {os.getloadavg()[0]:.1f}).",
         "",
         "| trainer | shards | versions | p50 s | p99 s | max s |",
         "|---|---|---|---|---|---|",

@@ -344,9 +344,60 @@ def shift_check(
     return "\n".join(rows)
 
 
+def _spread_from(d: dict) -> Spread:
+    values = tuple(v for v in d["values"] if v is not None)
+    return Spread.of(values)
+
+
+def _versus(final: dict, name: str, half: str, metrics: list[str]) -> dict[str, str]:
+    """``name``'s verdicts against fine-tuning on ``half`` of a selection JSON's final runs."""
+    if name not in final:
+        return {}
+    return {
+        m: _spread_from(final[name][half][m]).compare(_spread_from(final["finetune"][half][m]))
+        for m in metrics
+    }
+
+
+def live_default(dg: dict, sim: dict) -> tuple[str | None, str]:
+    """The live default by the rule of issue 16 from the two selection JSONs: the first
+    configuration in DIGINETICA's ranking that is eligible there (above fine-tuning beyond
+    noise on Recall@20 and MRR@20, selection periods) and not below fine-tuning beyond noise
+    on the simulator's selection periods (AUC, MRR@20). Returns its name and the table."""
+    sim_by_name = {c["name"]: c for c in sim["candidates"]}
+    rows = [
+        "| configuration | DIGINETICA selection (Recall@20, MRR@20 vs finetune) | "
+        "DIGINETICA test | simulator selection (AUC, MRR@20 vs finetune) | simulator test "
+        "| holds on both |",
+        "|---|---|---|---|---|---|",
+    ]
+    chosen = None
+    for c in dg["candidates"]:
+        name = c["name"]
+        theirs = sim_by_name.get(name)
+        if not c["eligible"] or theirs is None:
+            continue
+        sim_sel = theirs["versus_finetune"]
+        holds = "below" not in sim_sel.values()
+        if holds and chosen is None:
+            chosen = name
+
+        def say(v: dict[str, str]) -> str:
+            return ", ".join(v.values()) if v else "not run"
+
+        rows.append(
+            f"| {name}{' **(live default)**' if name == chosen else ''} | "
+            f"{say(c['versus_finetune'])} | "
+            f"{say(_versus(dg['final'], name, 'test', dg['metrics']))} | {say(sim_sel)} | "
+            f"{say(_versus(sim['final'], name, 'test', sim['metrics']))} | "
+            f"{'yes' if holds else 'no'} |"
+        )
+    return chosen, "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="diginetica,simulator,shift")
+    parser.add_argument("--parts", default="diginetica,simulator,shift,default")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--diginetica", default=None, help="default: ../shared/data/diginetica")
@@ -427,6 +478,24 @@ def main(argv: list[str] | None = None) -> int:
                 "is back within 0.01 of the mean of the two windows before the shift.\n\n" + table
             )
             write("The DIGINETICA choice on the simulator's planted shift", body)
+    if "default" in parts:
+        files = [
+            OUT / f"selection-{n}" / "selection.json" for n in ("diginetica", "simulator-shift")
+        ]
+        if not all(f.exists() for f in files):
+            print(f"[bench_selection] default part skipped: it reads {', '.join(map(str, files))}")
+        else:
+            dg, sim = (json.loads(f.read_text()) for f in files)
+            name, table = live_default(dg, sim)
+            body = (
+                "Rule: the live default is the first configuration in DIGINETICA's ranking that "
+                "is eligible there and is not below fine-tuning beyond noise on the simulator's "
+                "selection periods (AUC, MRR@20). The test columns are for the record. From "
+                "`bench/out/selection-*/selection.json` (`python bench/bench_selection.py "
+                f"--parts default`).\n\n{table}\n\nLive default by this rule: "
+                f"**{name or 'none (fine-tuning)'}**."
+            )
+            write("The live default from both selections", body)
     return 0
 
 
