@@ -14,6 +14,7 @@ from freshrank.apps.backtest_cli import main as backtest_main
 from freshrank.apps.cli import build_parser, dataclass_from_args
 from freshrank.apps.cli import main as freshrank_main
 from freshrank.learn.backtest import (
+    Candidate,
     DigineticaData,
     ParquetData,
     Schedule,
@@ -139,7 +140,11 @@ def test_select_on_too_few_periods_says_how_many_it_needs(capsys):
     assert "at least 5 periods" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("candidate", default_candidates(), ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "candidate",
+    (*default_candidates(), Candidate("replay", replay_capacity=1_000_000, replay_ratio=0.75)),
+    ids=lambda c: c.name,
+)
 def test_a_candidates_flags_run_it_live_as_searched(candidate):
     args = build_parser().parse_args(
         ["train", "--landing", "l", "--registry", "r", *candidate.train_flags(0.02)]

@@ -137,7 +137,9 @@ class Candidate:
         backtest's, used when the candidate has none of its own)."""
         flags = ["--strategy", self.strategy]
         for knob in self.knobs():
-            flags += [f"--{knob.replace('_', '-')}", f"{getattr(self, knob):g}"]
+            value = getattr(self, knob)
+            text = str(value) if isinstance(value, int) else f"{value:g}"
+            flags += [f"--{knob.replace('_', '-')}", text]
         return (*flags, "--learning-rate", f"{self.learning_rate or learning_rate:g}")
 
 
