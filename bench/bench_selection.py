@@ -361,9 +361,11 @@ def _versus(final: dict, name: str, half: str, metrics: list[str]) -> dict[str, 
 
 def live_default(dg: dict, sim: dict) -> tuple[str | None, str]:
     """The live default by the rule of issue 16 from the two selection JSONs: the first
-    configuration in DIGINETICA's ranking that is eligible there (above fine-tuning beyond
-    noise on Recall@20 and MRR@20, selection periods) and not below fine-tuning beyond noise
-    on the simulator's selection periods (AUC, MRR@20). Returns its name and the table."""
+    configuration in DIGINETICA's ranking (selection periods only) that is eligible there
+    (above fine-tuning beyond noise on Recall@20 and MRR@20) and holds on the simulator: not
+    below fine-tuning beyond noise on AUC or MRR@20 in either half of the simulator's log (the
+    planted shift is in its second half). DIGINETICA's test periods play no part, so its test
+    figures stay an honest estimate for the default. Returns its name and the table."""
     sim_by_name = {c["name"]: c for c in sim["candidates"]}
     rows = [
         "| configuration | DIGINETICA selection (Recall@20, MRR@20 vs finetune) | "
@@ -378,7 +380,8 @@ def live_default(dg: dict, sim: dict) -> tuple[str | None, str]:
         if not c["eligible"] or theirs is None:
             continue
         sim_sel = theirs["versus_finetune"]
-        holds = "below" not in sim_sel.values()
+        sim_test = _versus(sim["final"], name, "test", sim["metrics"])
+        holds = bool(sim_test) and "below" not in {*sim_sel.values(), *sim_test.values()}
         if holds and chosen is None:
             chosen = name
 
@@ -389,7 +392,7 @@ def live_default(dg: dict, sim: dict) -> tuple[str | None, str]:
             f"| {name}{' **(live default)**' if name == chosen else ''} | "
             f"{say(c['versus_finetune'])} | "
             f"{say(_versus(dg['final'], name, 'test', dg['metrics']))} | {say(sim_sel)} | "
-            f"{say(_versus(sim['final'], name, 'test', sim['metrics']))} | "
+            f"{say(sim_test)} | "
             f"{'yes' if holds else 'no'} |"
         )
     return chosen, "\n".join(rows)
@@ -488,13 +491,30 @@ def main(argv: list[str] | None = None) -> int:
             dg, sim = (json.loads(f.read_text()) for f in files)
             name, table = live_default(dg, sim)
             body = (
-                "Rule: the live default is the first configuration in DIGINETICA's ranking that "
-                "is eligible there and is not below fine-tuning beyond noise on the simulator's "
-                "selection periods (AUC, MRR@20). The test columns are for the record. From "
+                "Rule: the live default is the first configuration in DIGINETICA's ranking "
+                "(selection periods only) that is eligible there and holds on the simulator: "
+                "not below fine-tuning beyond noise on AUC or MRR@20 in either half of its log "
+                "(the planted shift is in the second). DIGINETICA's test column plays no part "
+                "(it stays an honest estimate); the simulator's figures do, so they are a check, "
+                "not an estimate. Configurations the simulator's search did not run (DIGINETICA's "
+                "stage 2) are left out. From "
                 "`bench/out/selection-*/selection.json` (`python bench/bench_selection.py "
                 f"--parts default`).\n\n{table}\n\nLive default by this rule: "
                 f"**{name or 'none (fine-tuning)'}**."
             )
+            if name is not None:
+                found = next(c for c in dg["candidates"] if c["name"] == name)
+                lr = float(found.get("learning_rate", 0.02))
+                known = {f"{c.name} lr{lr:g}": c for c in candidates()}  # JSON of an older run
+                candidate = Candidate(**found["candidate"]) if "candidate" in found else known[name]
+                config = simulator_config(args.quick)
+                t0 = time.perf_counter()
+                table = shift_check(config, candidate, seeds, lr)
+                body += (
+                    f"\n\nThe default on the simulator's planted shift, beside fine-tuning "
+                    f"(`{command} --parts default`, {(time.perf_counter() - t0) / 60:.1f} min):"
+                    f"\n\n{table}"
+                )
             write("The live default from both selections", body)
     return 0
 

@@ -32,19 +32,26 @@ def test_the_first_diginetica_choice_that_holds_on_the_simulator_is_the_default(
     sim = _result(
         sim_metrics,
         [
-            ("exemplar", False, {"auc": "below", "mrr@20": "below"}),
+            ("exemplar", False, {"auc": "within noise", "mrr@20": "within noise"}),
             ("lwf", False, {"auc": "within noise", "mrr@20": "within noise"}),
             ("replay", False, {"auc": "above", "mrr@20": "above"}),
         ],
-        {"lwf": 0.505},
+        {"exemplar": 0.3, "lwf": 0.505},  # exemplar: below fine-tuning in the second half
     )
     name, table = live_default(dg, sim)
     assert name == "lwf"
     rows = table.splitlines()[2:]
     assert [r.split(" | ")[0] for r in rows] == ["| exemplar", "| lwf **(live default)**"]
     assert rows[0].endswith("| no |") and rows[1].endswith("| yes |")
-    assert "above, above" in rows[0] and "within noise, within noise" in rows[1]
-    assert "not run" in rows[0]  # the simulator's final runs did not include it
+    assert "| below, below | no |" in rows[0]
+    assert "| within noise, within noise | yes |" in rows[1]
+
+
+def test_a_configuration_the_simulator_never_ran_to_the_end_does_not_hold():
+    dg = _result(["recall@20"], [("exemplar", True, {"recall@20": "above"})], {})
+    sim = _result(["auc"], [("exemplar", False, {"auc": "within noise"})], {})
+    name, table = live_default(dg, sim)
+    assert name is None and "not run | no |" in table
 
 
 def test_no_default_when_nothing_holds():

@@ -279,6 +279,8 @@ class SelectionReport:
             "candidates": [
                 {
                     "name": c.name,
+                    "candidate": dataclasses.asdict(c.candidate),
+                    "learning_rate": c.learning_rate,
                     "stage": c.stage,
                     "score": c.score,
                     "eligible": c.eligible(self.max_events_vs_joint),
