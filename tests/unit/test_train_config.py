@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from freshrank.apps.cli import attribute_docs
 from freshrank.learn.config import TrainConfig
 from freshrank.learn.strategies import (
     CombinedConfig,
@@ -180,3 +181,12 @@ def test_the_ray_scaling_config_gets_the_placement(monkeypatch, tmp_path):
         train.run_training(TrainConfig(str(tmp_path / "l"), str(tmp_path / "r")))
     assert seen["scaling"].placement_strategy == "PACK"
     assert seen["scaling"].resources_per_worker is None
+
+
+def test_the_default_strategy_is_what_the_selection_chose():
+    """bench/RESULTS.md, issue 16: LwF with weight 0.5 is the configuration that beat
+    fine-tuning on DIGINETICA and held on the simulator; the help says where the logs differ."""
+    parsed = TrainConfig("l", "r").strategy_config()
+    assert parsed == LwFConfig(alpha=0.5)
+    doc = attribute_docs(TrainConfig)["strategy"]
+    assert "freshrank backtest --select" in doc and "exemplar-replay+lwf" in doc
