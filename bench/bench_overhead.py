@@ -56,6 +56,7 @@ def main() -> None:
             registry=str(work / "a" / "registry"),
             max_shards_per_window=1,
             poll_interval_s=0.05,
+            strategy="replay",  # as every recorded run (the default until issue 16)
         )
         run_training(cfg)
         reg = Registry(cfg.registry)

@@ -2,7 +2,8 @@
 gloo ranks (processes on this machine, no Ray), dense DDP against the row-sparse optimizer.
 
 Run: ``python bench/bench_row_exchange.py [--requests N] [--batch-size B]``. Every column trains
-the default ranker with the replay strategy (the trainer's default) on the same simulated rows,
+the default ranker with the replay strategy (the trainer's default until issue 16; kept so the
+figures stay comparable) on the same simulated rows,
 one warm-up window first (it fills the replay buffer), then one timed window; ranks split the
 rows and the global batch, as the trainer does. Columns:
 
@@ -51,7 +52,9 @@ def _rank(rank: int, world: int, port: int, mode: str, rows: dict, batch: int, o
         else:
             model = core
             optimizer = make_optimizer(core, 0.02, row_sparse=True)
-        strategy = build_strategy(TrainConfig(landing="-", registry="-").strategy_config(), rank)
+        strategy = build_strategy(
+            TrainConfig(landing="-", registry="-", strategy="replay").strategy_config(), rank
+        )
         mine = slice_inputs(rows, np.arange(rank, num_rows(rows), world))
         per_rank = batch // world
         steps = math.ceil(max(all_gather(num_rows(mine))) / per_rank)  # as the trainer does

@@ -133,6 +133,7 @@ def main() -> None:
             num_workers=2,
             max_shards_per_window=args.shards_per_window,
             keep_versions=None,  # the manifests' timings are the steady figures
+            strategy="replay",  # what the single-process loops do (a systems comparison)
         )
         runs: list[Run] = []
         ray_started = False

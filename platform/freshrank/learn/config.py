@@ -73,10 +73,11 @@ class TrainConfig:
     selection found to hold on both logs we have (bench/RESULTS.md, issue 16): chosen on
     DIGINETICA's periods 1-8, it beats fine-tuning on the unseen periods 9-16 (70% / 77% of the
     fine-tune -> joint gap on Recall@20 / MRR@20, at 10% of joint's events) and is never worse
-    than fine-tuning on the simulator, planted shift included. The two logs disagree on exemplar-replay+lwf: best on
-    DIGINETICA (79-106% of the gap on 9-16) but worse than fine-tuning on the simulator, whose
-    users click among several good items. Run `freshrank backtest --select` on your own log to
-    choose; it prints the options to use here."""
+    than fine-tuning on the simulator, planted shift included. The two logs disagree on
+    exemplar-replay+lwf: best on DIGINETICA (79-106% of the gap on 9-16) but worse than
+    fine-tuning on the simulator, whose users click among several good items. Run
+    `freshrank backtest --select` on your own log to choose; it prints the options to use
+    here."""
     replay_capacity: int = 50_000
     """Rows each worker keeps in its replay buffer (clicks only for exemplar-replay)."""
     replay_ratio: float = 0.5
