@@ -53,6 +53,8 @@ import pyarrow.compute as pc
 from loadgen import LoadConfig, LoadGenerator, Sample
 
 REFUSED_COUNT_KEYS = ("rows_out_of_time", "rows_duplicate")
+PINGER_CONCURRENCY = 4
+"""Requests the pinger keeps in flight at most: a killed replica can take no more with it."""
 """Manifest keys of rows the trainer refused with a counted reason (not lost, not trained)."""
 
 
@@ -210,7 +212,7 @@ class Stack:
             LoadConfig(
                 url=self.endpoint,
                 body=body,
-                concurrency=4,
+                concurrency=PINGER_CONCURRENCY,
                 rate_rps=self.config.request_rate,
                 max_seconds=self.config.max_seconds,
                 timeout_s=10.0,
@@ -385,6 +387,7 @@ def _replica_kill(stack: Stack, checks: dict[str, Any]) -> None:
     pids = stack.replica_pids()
     checks["replicas"] = len(pids)
     if pids:
+        checks["killed_at"] = time.monotonic()
         os.kill(pids[0], signal.SIGKILL)
         checks["killed_pid"] = pids[0]
 
@@ -718,6 +721,11 @@ def _inject(stack: Stack, fault: Fault, result: FaultResult, config: ChaosConfig
         if fault.needs_new_version and new_version_at is not None:  # the trainer is back
             result.heal_s = max(result.heal_s, new_version_at - started)
     result.checks["versions"] = f"{version_before}->{stack.latest()}"
+    killed_at = result.checks.pop("killed_at", None)
+    if killed_at is not None:  # when each failed request was sent, from the replica's kill
+        result.checks["failed_sent_s_from_kill"] = sorted(
+            round(s.sent - killed_at, 2) for s in samples if not s.ok
+        )
 
 
 def _heal_start(samples: list[Sample], started: float, window_s: float) -> float | None:

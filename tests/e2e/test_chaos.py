@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from chaos import PINGER_CONCURRENCY
 
 pytestmark = pytest.mark.e2e
 
@@ -58,10 +59,17 @@ def _fault(report: dict, name: str) -> dict:
 def test_a_corrupt_champion_and_a_replica_restart_do_not_take_requests_down(report):
     fault = _fault(report, "corrupt-champion")
     assert fault["sent"] >= 40
-    # The one request in flight on the killed replica may fail. Through Serve's Python proxy it
-    # is a 500 that the app cannot change (docs/operating.md, the "Python proxy" note);
-    # behind HAProxy it is a JSON 503 with Retry-After (test_haproxy_loopback.py).
-    assert sum(fault["failed"].values()) <= 1 and set(fault["failed"]) <= {"500", "503"}, fault
+    # Requests in flight on the killed replica may fail (the pinger keeps up to
+    # PINGER_CONCURRENCY in flight; on a loaded machine two were). Through Serve's Python proxy
+    # it is a 500 that the app cannot change (docs/operating.md, the "Python proxy" note);
+    # behind HAProxy it is a JSON 503 with Retry-After (test_haproxy_loopback.py). Nothing fails
+    # that was sent after Serve had replaced the replica, while the corrupt champion is held.
+    assert sum(fault["failed"].values()) <= PINGER_CONCURRENCY, fault
+    assert set(fault["failed"]) <= {"500", "503"}, fault
+    sent = fault["checks"]["failed_sent_s_from_kill"]
+    assert len(sent) == sum(fault["failed"].values()), fault
+    replaced = fault["checks"]["replaced_after_s"]
+    assert all(-5.0 <= s <= replaced for s in sent), fault  # around the kill only
     assert fault["heal_s"] is not None, fault
 
 
