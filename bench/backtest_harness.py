@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from freshrank.apps.backtest_cli import add_arguments, config_from_args
+from freshrank.events.adapters.diginetica import available_periods, default_data_dir
 from freshrank.learn.backtest import (
     ITEM_AGE_CLASSES,
     BacktestConfig,
@@ -43,6 +44,20 @@ from freshrank.learn.backtest import (
 
 OUT = Path(__file__).resolve().parent / "out"
 """Where reports go unless told otherwise (``bench/out``, ignored by git)."""
+
+
+def diginetica_directory(path: str | None, tool: str) -> Path | None:
+    """The DIGINETICA directory a bench reads (``path`` or ``../shared/data/diginetica``), or
+    None, with a message saying why, when it holds no periods (a user's clone has none)."""
+    directory = Path(path) if path else default_data_dir()
+    if available_periods(directory):
+        return directory
+    print(
+        f"[{tool}] DIGINETICA skipped: no period_*.txt in {directory} (working directory "
+        f"{Path.cwd()}; pass --diginetica DIR or set FRESHRANK_DIGINETICA; see "
+        "../shared/data/diginetica/SOURCE.md)"
+    )
+    return None
 
 
 def default_output_dir(name: str) -> Path:

@@ -195,13 +195,7 @@ def simulator_config(args: argparse.Namespace) -> BacktestConfig:
 
 def run_diginetica(args: argparse.Namespace) -> str | None:
     """Run the DIGINETICA backtest; the RESULTS.md body (None when the data is absent)."""
-    directory = Path(args.diginetica) if args.diginetica else default_data_dir()
-    if not available_periods(directory):
-        print(
-            f"[bench_backtest] DIGINETICA skipped: no period_*.txt in {directory} (working "
-            f"directory {Path.cwd()}; pass --diginetica DIR or set FRESHRANK_DIGINETICA; see "
-            "../shared/data/diginetica/SOURCE.md)"
-        )
+    if harness.diginetica_directory(args.diginetica, "bench_backtest") is None:
         return None
     config = diginetica_config(args)
     out = _output_dir("diginetica", args)

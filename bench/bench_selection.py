@@ -37,10 +37,10 @@ import experimental_strategies
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules, however this is run
+import backtest_harness as harness  # noqa: E402
 from _results import write_section  # noqa: E402
 from bench_backtest import DG_ADAPTER, DG_FEATURES  # noqa: E402
 
-from freshrank.events.adapters.diginetica import available_periods, default_data_dir  # noqa: E402
 from freshrank.events.simulator import SimulatorConfig  # noqa: E402
 from freshrank.learn.backtest import (  # noqa: E402
     BacktestConfig,
@@ -423,14 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             write_section(ISSUE, name, body)
 
     if "diginetica" in parts:
-        directory = Path(args.diginetica) if args.diginetica else default_data_dir()
-        if not available_periods(directory):
-            print(
-                f"[bench_selection] DIGINETICA skipped: no period_*.txt in {directory} (working "
-                f"directory {Path.cwd()}; pass --diginetica DIR; see "
-                "../shared/data/diginetica/SOURCE.md)"
-            )
-        else:
+        directory = harness.diginetica_directory(args.diginetica, "bench_selection")
+        if directory is not None:
             config = diginetica_config(str(directory), args.quick)
             selection = SelectionConfig(
                 seeds=seeds, candidates=candidates(), jobs=args.jobs, report_all=True

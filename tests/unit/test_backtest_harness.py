@@ -97,3 +97,11 @@ def test_harness_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| finetune |" in out and "| joint |" in out and f"report: {tmp_path}/" in out
     assert (tmp_path / "report.md").exists() and (tmp_path / "metrics_per_period.png").exists()
+
+
+def test_benches_skip_diginetica_with_a_reason_when_it_is_absent(tmp_path, capsys):
+    assert harness.diginetica_directory(str(tmp_path), "bench_x") is None
+    out = capsys.readouterr().out
+    assert out.startswith(f"[bench_x] DIGINETICA skipped: no period_*.txt in {tmp_path}")
+    (tmp_path / "period_0.txt").write_text("")
+    assert harness.diginetica_directory(str(tmp_path), "bench_x") == tmp_path
