@@ -443,30 +443,36 @@ class _Context:
     baseline: list[ArmResult]
     reference: list[ArmResult]
 
+    def per_seed(self, runs: Sequence[ArmResult]) -> list[dict[str, float]]:
+        return [half_figures(a, 1, self.s, self.k) for a in runs]
+
     def figures(self, runs: Sequence[ArmResult]) -> dict[str, Spread]:
-        per_seed = [half_figures(a, 1, self.s, self.k) for a in runs]
-        return {m: Spread.of([f[m] for f in per_seed]) for m in per_seed[0]}
+        return _spreads(self.per_seed(runs))
 
     def result(
         self, candidate: Candidate, base_lr: float, runs: _Runs, stage: int
     ) -> CandidateResult:
         lr = candidate.learning_rate or base_lr
-        mine = runs[lr, candidate.name]
-        figures = self.figures(mine)
-        base = self.figures(self.baseline)
+        mine = self.per_seed(runs[lr, candidate.name])
+        base, ref = self.per_seed(self.baseline), self.per_seed(self.reference)
+        figures, base_spreads = _spreads(mine), _spreads(base)
         gap: dict[str, Spread] = {}
         versus: dict[str, str] = {}
         for m in self.metrics:
             shares = []
-            for run, b, r in zip(mine, self.baseline, self.reference, strict=True):
-                x, lo, hi = (half_figures(a, 1, self.s, self.k)[m] for a in (run, b, r))
+            for x, lo, hi in ((a[m], b[m], r[m]) for a, b, r in zip(mine, base, ref, strict=True)):
                 width = abs(hi - lo) if abs(hi - lo) > 1e-12 else max(abs(lo), 1e-12)
                 shares.append((x - lo) / width)
             gap[m] = Spread.of(shares)
-            versus[m] = figures[m].compare(base[m])
-        joint_events = self.figures(self.reference)["events"].mean
+            versus[m] = figures[m].compare(base_spreads[m])
+        joint_events = _spreads(ref)["events"].mean
         share = figures["events"].mean / joint_events if joint_events else float("nan")
         return CandidateResult(candidate, lr, figures, gap, versus, share, stage)
+
+
+def _spreads(per_seed: Sequence[dict[str, float]]) -> dict[str, Spread]:
+    """Figure -> its spread over the seeds of ``per_seed`` (one dict of figures per seed)."""
+    return {m: Spread.of([f[m] for f in per_seed]) for m in per_seed[0]}
 
 
 def _final_figures(
@@ -484,8 +490,7 @@ def _final_figures(
     for name, runs in arms.items():
         final[name] = {}
         for half, (a, b) in {"selection": (1, s), "test": (s + 1, tested)}.items():
-            per_seed = [half_figures(r, a, b, k) for r in runs]
-            final[name][half] = {m: Spread.of([f[m] for f in per_seed]) for m in per_seed[0]}
+            final[name][half] = _spreads([half_figures(r, a, b, k) for r in runs])
     shares = {
         name: {
             half: final[name][half]["events"].mean / final[REFERENCE][half]["events"].mean
